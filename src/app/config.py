@@ -1,0 +1,151 @@
+"""Settings: dataclasses read once from the environment (and `.env` in development).
+
+Secrets come only from the environment. With no DATABASE_URL / REDIS_URL the dev launcher
+(`app.lib.embedded`) starts embedded servers and exports their URLs before this module is read.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+DEV_STATE_DIR = Path(".dev")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    value = _env(name)
+    return int(value) if value is not None else default
+
+
+def _env_list(name: str, default: list[str]) -> list[str]:
+    value = _env(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _load_dotenv(path: Path = Path(".env")) -> None:
+    """Read KEY=VALUE lines into the environment without overriding what is already set."""
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+
+
+def _dev_jwt_secret() -> str:
+    """A per-checkout random secret so `just dev` works without setup; never used in production."""
+    path = DEV_STATE_DIR / "jwt-secret"
+    if path.is_file():
+        return path.read_text().strip()
+    DEV_STATE_DIR.mkdir(exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str
+    pool_size: int = 20
+    max_overflow: int = 10
+    pool_timeout: float = 10.0
+    # Supabase's transaction pooler (port 6543) cannot keep prepared statements: set DB_STATEMENT_CACHE_SIZE=0.
+    statement_cache_size: int | None = None
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    jwt_secret: str = field(repr=False)
+    token_ttl_seconds: int = 8 * 3600
+    algorithm: str = "HS256"
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    environment: str = "dev"
+    public_base_url: str = "http://127.0.0.1:3001"
+    cors_allowed_origins: list[str] = field(default_factory=lambda: ["http://localhost:5173"])
+    # Gateways push media as inline base64 (wppconnect-server #1775, evolution-api #956): 16 MiB of video
+    # is ~22 MiB of base64 plus JSON, so the default admits that and refuses anything bigger.
+    webhook_max_body_bytes: int = 24 * 1024 * 1024
+    log_level: str = "INFO"
+    log_json: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    app: AppSettings
+    db: DatabaseSettings
+    redis: RedisSettings
+    auth: AuthSettings
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        _load_dotenv()
+        environment = _env("APP_ENV", "dev") or "dev"
+        jwt_secret = _env("JWT_SECRET")
+        if jwt_secret is None:
+            if environment == "production":
+                raise RuntimeError("JWT_SECRET must be set in production")
+            jwt_secret = _dev_jwt_secret()
+        database_url = _env("DATABASE_URL")
+        redis_url = _env("REDIS_URL")
+        if database_url is None or redis_url is None:
+            raise RuntimeError(
+                "DATABASE_URL and REDIS_URL must be set; `just dev` starts embedded servers and sets them"
+            )
+        cache_size = _env("DB_STATEMENT_CACHE_SIZE")
+        return cls(
+            app=AppSettings(
+                environment=environment,
+                public_base_url=(_env("PUBLIC_BASE_URL", AppSettings.public_base_url) or "").rstrip("/"),
+                cors_allowed_origins=_env_list("CORS_ALLOWED_ORIGINS", ["http://localhost:5173"]),
+                webhook_max_body_bytes=_env_int("WEBHOOK_MAX_BODY_BYTES", AppSettings.webhook_max_body_bytes),
+                log_level=_env("LOG_LEVEL", "INFO") or "INFO",
+                log_json=(_env("LOG_FORMAT", "json") == "json"),
+            ),
+            db=DatabaseSettings(
+                url=normalise_database_url(database_url),
+                pool_size=_env_int("DB_POOL_SIZE", DatabaseSettings.pool_size),
+                max_overflow=_env_int("DB_MAX_OVERFLOW", DatabaseSettings.max_overflow),
+                statement_cache_size=int(cache_size) if cache_size is not None else None,
+                echo=_env("DB_ECHO") == "1",
+            ),
+            redis=RedisSettings(url=redis_url),
+            auth=AuthSettings(
+                jwt_secret=jwt_secret,
+                token_ttl_seconds=_env_int("JWT_TTL_SECONDS", AuthSettings.token_ttl_seconds),
+            ),
+        )
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the plain `postgres://` / `postgresql://` URLs Supabase and Heroku print; we drive asyncpg."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,26 @@
+"""All models, imported here so Alembic and the ORM registry see every table."""
+
+from app.db.models.agent import Agent, AgentRole
+from app.db.models.base import Base, metadata
+from app.db.models.contact import Contact
+from app.db.models.conversation import Conversation, ConversationStatus
+from app.db.models.instance import GatewayKind, WhatsAppInstance
+from app.db.models.media import Media, MediaState
+from app.db.models.message import Message
+from app.db.models.organization import Organization
+
+__all__ = [
+    "Agent",
+    "AgentRole",
+    "Base",
+    "Contact",
+    "Conversation",
+    "ConversationStatus",
+    "GatewayKind",
+    "Media",
+    "MediaState",
+    "Message",
+    "Organization",
+    "WhatsAppInstance",
+    "metadata",
+]

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.types import DateTimeUTC
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.models.base import Base, str_enum
+from app.domain.gateways.events import Direction, MessageStatus, MessageType
+
+
+class Message(Base):
+    """One WhatsApp message. `seq` orders a conversation without gaps; the gateway id de-duplicates."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # History reads are keyset scans on this index (before_seq / after_seq).
+        UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
+        # The de-duplication arbiter (ARCHITECTURE invariant 2): INSERT … ON CONFLICT DO NOTHING.
+        UniqueConstraint("instance_id", "gateway_message_id", name="uq_messages_instance_gateway_id"),
+    )
+
+    org_id: Mapped[UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    instance_id: Mapped[UUID] = mapped_column(ForeignKey("whatsapp_instances.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    gateway_message_id: Mapped[str] = mapped_column(String(255))
+    direction: Mapped[Direction] = mapped_column(str_enum(Direction, "message_direction"))
+    type: Mapped[MessageType] = mapped_column(str_enum(MessageType, "message_type"))
+    body: Mapped[str | None] = mapped_column(Text, default=None)
+    status: Mapped[MessageStatus] = mapped_column(str_enum(MessageStatus, "message_status"))
+    sent_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))  # the gateway's timestamp
+    received_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))  # when we committed it
+    raw: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)

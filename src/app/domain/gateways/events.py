@@ -1,0 +1,92 @@
+"""Normalised events every gateway adapter produces.
+
+Adapters turn a gateway's raw webhook body into a list of these; the ingest service knows nothing else
+about gateways. Timestamps are timezone-aware UTC datetimes; ids are the gateway's own strings.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import msgspec
+
+
+class Direction(str, enum.Enum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class MessageType(str, enum.Enum):
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+    VIDEO = "video"
+    DOCUMENT = "document"
+    STICKER = "sticker"
+    LOCATION = "location"
+    OTHER = "other"
+
+
+class MessageStatus(str, enum.Enum):
+    """Lifecycle of a message. Outbound: pending → sent → delivered → read (failed from pending/sent).
+
+    Inbound messages are `received` and never move.
+    """
+
+    RECEIVED = "received"
+    PENDING = "pending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+class MediaRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the bytes of a media message can be had later; nothing is downloaded at ingest.
+
+    `gateway_ref` is what the gateway's media API needs (Cloud API media id, WPPConnect/Evolution message id);
+    `inline_base64` is set when the webhook itself carried the file as base64 (kept verbatim, never decoded here).
+    """
+
+    gateway_ref: str
+    mime_type: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    filename: str | None = None
+    url: str | None = None
+    inline_base64: str | None = None
+
+
+class InboundMessage(msgspec.Struct, frozen=True, kw_only=True, tag="message", tag_field="kind"):
+    """A message in a chat: received from a contact (inbound) or sent by the business from its phone (outbound)."""
+
+    gateway_message_id: str
+    chat_id: str  # the contact's (or group's) WhatsApp id, e.g. "5511999999999" or "1203...@g.us", normalised
+    contact_name: str | None
+    direction: Direction
+    type: MessageType
+    body: str | None  # text, or media caption, or a short description (location name)
+    sent_at: datetime
+    status: MessageStatus
+    media: MediaRef | None = None
+    raw: dict | None = None  # this message's part of the webhook body, stored as JSONB
+
+
+class StatusUpdate(msgspec.Struct, frozen=True, kw_only=True, tag="status", tag_field="kind"):
+    """Delivery status of a message we (or the business's phone) sent."""
+
+    gateway_message_id: str
+    chat_id: str | None
+    status: MessageStatus
+    at: datetime | None = None
+
+
+class IgnoredEvent(msgspec.Struct, frozen=True, kw_only=True, tag="ignored", tag_field="kind"):
+    """A well-formed event we do not handle (presence, connection state, …): acknowledged and logged."""
+
+    event: str
+    reason: str
+
+
+GatewayEvent = InboundMessage | StatusUpdate | IgnoredEvent
