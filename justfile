@@ -1,0 +1,50 @@
+# WhatsApp CRM backend. Prerequisite on a fresh machine: `pip install uv rust-just` (Python >= 3.11).
+# With DATABASE_URL / REDIS_URL unset, recipes start embedded Postgres and Redis (data in .dev/).
+
+set dotenv-load := false
+
+embedded := "uv run python -m app.lib.embedded exec"
+
+default:
+    @just --list
+
+# Install the locked dependencies into .venv
+install:
+    uv sync --frozen
+
+# Run the API (port 3001) and the arq worker; embedded Postgres/Redis when no URLs are set
+dev: install
+    uv run python -m app.devserver
+
+# Run the test suite against real Postgres and Redis (embedded, throw-away, when no URLs are set)
+test *args: install
+    {{embedded}} --ephemeral -- uv run pytest {{args}}
+
+# Apply database migrations (alembic upgrade head)
+migrate: install
+    {{embedded}} -- uv run alembic upgrade head
+
+# Run only the arq worker
+worker: install
+    {{embedded}} -- uv run arq app.workers.settings.WorkerSettings
+
+# ruff + mypy
+lint: install
+    uv run ruff check src tests alembic
+    uv run ruff format --check src tests alembic
+    uv run mypy
+
+# Create an org, an admin, one instance per gateway and a few chats; prints logins and webhook URLs (JSON)
+demo-data: install
+    {{embedded}} -- sh -c 'uv run alembic upgrade head >&2 && uv run app demo-data'
+
+# Ingest benchmark: webhooks/s and p50/p99 ack at 16 senders vs raw asyncpg INSERTs
+bench-ingest: install
+    {{embedded}} --ephemeral -- uv run python -m tests.bench.ingest
+
+# All benchmarks
+bench: bench-ingest
+
+# The `app` CLI (admin commands) with the dev services' URLs
+app *args: install
+    {{embedded}} -- uv run app {{args}}

@@ -1,0 +1,152 @@
+"""`app` command line: bootstrap organisations, agents and instances, and load demo data.
+
+    app admin create-org "Acme Support"
+    app admin create-agent --org acme-support --email ana@acme.test --name Ana --role admin
+    app admin create-instance --org acme-support --gateway evolution --name acme-main --json
+    app demo-data
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from app.config import get_settings
+from app.db.models import AgentRole, GatewayKind, Organization, WhatsAppInstance
+from app.domain.accounts.services import AgentService, OrganizationService
+from app.domain.gateways.instances import InstanceService, webhook_url
+
+T = TypeVar("T")
+
+
+def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def main() -> T:
+        engine = create_async_engine(get_settings().db.url)
+        try:
+            async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+                result = await work(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except IntegrityError as exc:
+        raise click.ClickException(f"already exists or conflicts with existing data: {exc.orig}") from None
+
+
+def _emit(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for key, value in data.items():
+        click.echo(f"{key}: {value}")
+
+
+async def _org_by_slug(session: AsyncSession, slug: str) -> Organization:
+    org = await OrganizationService(session=session).get_one_or_none(slug=slug)
+    if org is None:
+        raise click.ClickException(f"no organisation with slug '{slug}'")
+    return org
+
+
+def instance_details(instance: WhatsAppInstance) -> dict[str, Any]:
+    """What an operator pastes into the gateway's webhook settings."""
+    base = get_settings().app.public_base_url
+    details: dict[str, Any] = {
+        "instance_id": str(instance.id),
+        "gateway": instance.gateway.value,
+        "name": instance.name,
+        "webhook_url": webhook_url(base, instance),
+        "webhook_secret": instance.webhook_secret,
+    }
+    if instance.gateway is GatewayKind.CLOUDAPI:
+        details["app_secret_note"] = "webhook_secret is the Meta app secret that signs X-Hub-Signature-256"
+        details["verify_token"] = instance.verify_token
+    else:
+        details["secret_usage"] = "send as header X-Webhook-Secret, Authorization: Bearer, or ?token="
+    return details
+
+
+@click.group()
+def main() -> None:
+    """WhatsApp CRM administration."""
+
+
+@main.group()
+def admin() -> None:
+    """Create organisations, agents and WhatsApp instances."""
+
+
+@admin.command("create-org")
+@click.argument("name")
+@click.option("--slug", help="URL-safe identifier (default: derived from the name)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def create_org(name: str, slug: str | None, as_json: bool) -> None:
+    org = _run(lambda s: OrganizationService(session=s).create_organization(name, slug))
+    _emit({"org_id": str(org.id), "name": org.name, "slug": org.slug}, as_json)
+
+
+@admin.command("create-agent")
+@click.option("--org", "org_slug", required=True)
+@click.option("--email", required=True)
+@click.option("--name", required=True)
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--role", type=click.Choice([r.value for r in AgentRole]), default=AgentRole.AGENT.value)
+@click.option("--json", "as_json", is_flag=True)
+def create_agent(org_slug: str, email: str, name: str, password: str, role: str, as_json: bool) -> None:
+    if len(password) < 8:
+        raise click.ClickException("password must have at least 8 characters")
+
+    async def work(session: AsyncSession) -> Any:
+        org = await _org_by_slug(session, org_slug)
+        return await AgentService(session=session).create_agent(
+            org=org, email=email, name=name, password=password, role=AgentRole(role)
+        )
+
+    agent = _run(work)
+    _emit({"agent_id": str(agent.id), "email": agent.email, "role": agent.role.value}, as_json)
+
+
+@admin.command("create-instance")
+@click.option("--org", "org_slug", required=True)
+@click.option("--gateway", type=click.Choice([g.value for g in GatewayKind]), required=True)
+@click.option("--name", required=True, help="the gateway's session/instance name (Cloud API: any label)")
+@click.option("--webhook-secret", help="default: a new random secret (Cloud API: your Meta app secret)")
+@click.option("--verify-token", help="Cloud API GET handshake token (default: random)")
+@click.option("--api-base-url", help="gateway base URL for sending and media")
+@click.option("--api-token", help="gateway API token / Cloud API access token")
+@click.option("--phone-number-id", help="Cloud API phone number id")
+@click.option("--json", "as_json", is_flag=True)
+def create_instance(org_slug: str, gateway: str, name: str, as_json: bool, **options: str | None) -> None:
+    async def work(session: AsyncSession) -> WhatsAppInstance:
+        org = await _org_by_slug(session, org_slug)
+        return await InstanceService(session=session).create_instance(
+            org=org, gateway=GatewayKind(gateway), name=name, **options
+        )
+
+    _emit(instance_details(_run(work)), as_json)
+
+
+@main.command("demo-data")
+def demo_data() -> None:
+    """Create a demo org, an admin agent, one instance per gateway and a few conversations; print JSON."""
+    from app.demo import create_demo_data
+
+    data = _run(create_demo_data)
+    for instance in data.pop("_instances"):
+        data["instances"].append(instance_details(instance))
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

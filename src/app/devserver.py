@@ -1,0 +1,80 @@
+"""`just dev`: Postgres and Redis (embedded unless configured), migrations, then the API and the worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from app.lib.embedded import describe, dev_services
+
+STATE_DIR = Path(".dev")
+STOP_TIMEOUT = 10.0
+
+
+def _migrate(env: dict[str, str]) -> None:
+    if not Path("alembic.ini").is_file():
+        print("warning: no alembic.ini here, skipping migrations", file=sys.stderr)
+        return
+    done = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], env=env, check=False)
+    if done.returncode:
+        raise SystemExit(f"alembic upgrade head failed (exit {done.returncode})")
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Own process group: a terminal Ctrl-C reaches only us, so each child gets exactly one SIGTERM
+    # (a second signal makes uvicorn skip its graceful shutdown).
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, process_group=0)  # noqa: S603
+
+
+def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for name, child in children.items():
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"{name} did not stop in {STOP_TIMEOUT:.0f}s, killing it", file=sys.stderr)
+            child.kill()
+            child.wait()
+
+
+def main() -> None:
+    host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "3001")
+    stopping: list[int] = []
+
+    def _request_stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    with dev_services(STATE_DIR, ephemeral=False) as urls:
+        env = {**os.environ, "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url}
+        _migrate(env)
+        for line in describe(urls):
+            print(line)
+        print(f"API: http://{host}:{port}", flush=True)
+        previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        children = {
+            "uvicorn": _spawn(["uvicorn", "app.asgi:app", "--host", host, "--port", port], env),
+            "arq": _spawn(["arq", "app.workers.settings.WorkerSettings"], env),
+        }
+        try:
+            while not stopping and all(child.poll() is None for child in children.values()):
+                time.sleep(0.1)
+            crashed = {name: child.returncode for name, child in children.items() if child.poll() is not None}
+        finally:
+            _stop(children)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if crashed and not stopping:
+        # One of them died on its own (import error, port taken): the dev run failed.
+        sys.exit(f"stopped because {', '.join(f'{n} exited with {rc}' for n, rc in crashed.items())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from litestar import Controller, post
+from litestar.exceptions import NotAuthorizedException
+from litestar.params import Body
+from litestar.security.jwt import JWTAuth
+from sqlalchemy.ext.asyncio import AsyncSession
+from typing_extensions import Annotated
+
+from app.config import Settings
+from app.domain.accounts.auth import issue_token
+from app.domain.accounts.schemas import AgentOut, LoginRequest, LoginResponse
+from app.domain.accounts.services import AgentService
+
+
+class AuthController(Controller):
+    path = "/api/auth"
+    tags = ["auth"]
+
+    @post("/login", status_code=200, summary="Exchange e-mail and password for a bearer token")
+    async def login(
+        self,
+        data: Annotated[LoginRequest, Body()],
+        db_session: AsyncSession,
+        jwt_auth: JWTAuth,
+        settings: Settings,
+    ) -> LoginResponse:
+        agent = await AgentService(session=db_session).authenticate(data.email, data.password)
+        if agent is None:
+            raise NotAuthorizedException("wrong e-mail or password")
+        return LoginResponse(
+            access_token=issue_token(jwt_auth, agent),
+            token_type="Bearer",
+            expires_in=settings.auth.token_ttl_seconds,
+            agent=AgentOut(id=agent.id, org_id=agent.org_id, email=agent.email, name=agent.name, role=agent.role.value),
+        )

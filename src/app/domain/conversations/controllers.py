@@ -1,0 +1,70 @@
+"""The seed's optimised routes: the inbox and history, read from Postgres, scoped by the caller's org."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from litestar import Controller, Request, get, post
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+from typing_extensions import Annotated
+
+from app.db.models import ConversationStatus
+from app.domain.accounts.auth import CurrentAgent
+from app.domain.conversations.schemas import ConversationOut, ConversationPage, MessagePage, ReadMarker
+from app.domain.conversations.services import ConversationFilters, ConversationService, MessageService
+from app.lib.errors import problem
+from app.lib.pagination import ActivityCursor
+
+PageLimit = Annotated[int, Parameter(ge=1, le=100, description="page size, at most 100")]
+
+
+class ConversationController(Controller):
+    path = "/api/whatsapp-optimized"
+    tags = ["conversations"]
+
+    @get("/conversations", summary="Conversations, most recent activity first (keyset paginated)")
+    async def list_conversations(
+        self,
+        request: Request[CurrentAgent, object, object],
+        db_session: AsyncSession,
+        instance_id: UUID | None = None,
+        status: ConversationStatus | None = None,
+        unread: bool = False,
+        cursor: str | None = None,
+        limit: PageLimit = 50,
+    ) -> ConversationPage:
+        return await ConversationService(db_session).list_conversations(
+            request.user.org_id,
+            ConversationFilters(instance_id=instance_id, status=status, unread_only=unread),
+            ActivityCursor.decode(cursor) if cursor else None,
+            limit,
+        )
+
+    @get("/conversations/{conversation_id:uuid}", summary="One conversation")
+    async def get_conversation(
+        self, request: Request[CurrentAgent, object, object], db_session: AsyncSession, conversation_id: UUID
+    ) -> ConversationOut:
+        return await ConversationService(db_session).get_conversation(request.user.org_id, conversation_id)
+
+    @post("/conversations/{conversation_id:uuid}/read", status_code=200, summary="Mark a conversation read")
+    async def mark_read(
+        self, request: Request[CurrentAgent, object, object], db_session: AsyncSession, conversation_id: UUID
+    ) -> ReadMarker:
+        return await ConversationService(db_session).mark_read(request.user.org_id, conversation_id)
+
+    @get("/messages/{conversation_id:uuid}", summary="History: latest page, or before/after a seq")
+    async def list_messages(
+        self,
+        request: Request[CurrentAgent, object, object],
+        db_session: AsyncSession,
+        conversation_id: UUID,
+        before_seq: Annotated[int | None, Parameter(ge=1)] = None,
+        after_seq: Annotated[int | None, Parameter(ge=0)] = None,
+        limit: PageLimit = 50,
+    ) -> MessagePage:
+        if before_seq is not None and after_seq is not None:
+            raise problem(400, "use before_seq or after_seq, not both")
+        return await MessageService(db_session).history(
+            request.user.org_id, conversation_id, before_seq=before_seq, after_seq=after_seq, limit=limit
+        )

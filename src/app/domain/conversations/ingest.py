@@ -1,0 +1,303 @@
+"""Applies normalised gateway events to the database in one transaction (ARCHITECTURE invariants 1–5).
+
+Per new message: upsert the contact · upsert-and-lock the conversation row (which serialises every writer
+of that conversation) · INSERT the message with seq = last_seq + 1, ON CONFLICT DO NOTHING on
+(instance, gateway message id) · only if a row went in, bump last_seq and the summary · media row (pending).
+A duplicate never consumes a seq because the conversation is bumped after the insert, under its lock.
+Status updates move forward only: the UPDATE's WHERE names the statuses that may precede the new one.
+The caller commits; nothing is published from here (publishing happens after commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import structlog
+from advanced_alchemy.mixins.uuid import uuid7 as _new_id
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Contact, Conversation, ConversationStatus, Media, Message
+from app.domain.gateways.events import (
+    Direction,
+    GatewayEvent,
+    IgnoredEvent,
+    InboundMessage,
+    MessageStatus,
+    StatusUpdate,
+)
+
+log = structlog.get_logger()
+
+_PREVIEW_LENGTH = 120
+
+# Which statuses a message may be in for a new status to apply (invariant 5).
+STATUS_PREDECESSORS: dict[MessageStatus, tuple[MessageStatus, ...]] = {
+    MessageStatus.PENDING: (),
+    MessageStatus.SENT: (MessageStatus.PENDING,),
+    MessageStatus.DELIVERED: (MessageStatus.PENDING, MessageStatus.SENT),
+    MessageStatus.READ: (MessageStatus.PENDING, MessageStatus.SENT, MessageStatus.DELIVERED),
+    MessageStatus.FAILED: (MessageStatus.PENDING, MessageStatus.SENT),
+    MessageStatus.RECEIVED: (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: UUID
+    conversation_id: UUID
+    seq: int
+    gateway_message_id: str
+    direction: Direction
+    media_id: UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedStatus:
+    message_id: UUID
+    conversation_id: UUID
+    seq: int
+    status: MessageStatus
+
+
+@dataclass(slots=True)
+class IngestResult:
+    created: list[StoredMessage] = field(default_factory=list)
+    statuses: list[AppliedStatus] = field(default_factory=list)
+    duplicates: int = 0
+    stale_statuses: int = 0  # unknown message, or a status that would move backwards
+    ignored: int = 0
+
+    @property
+    def conversation_ids(self) -> set[UUID]:
+        return {m.conversation_id for m in self.created} | {s.conversation_id for s in self.statuses}
+
+
+def preview_of(message: InboundMessage) -> str:
+    text = (message.body or "").strip()
+    if not text:
+        text = f"[{message.type.value}]"
+    return text[:_PREVIEW_LENGTH]
+
+
+def raw_without_inline_media(message: InboundMessage) -> dict[str, Any]:
+    """The payload to keep as JSONB, minus the base64 file (kept once, in the media row)."""
+    raw = message.raw or {}
+    inline = message.media.inline_base64 if message.media else None
+    if not inline:
+        return raw
+    placeholder = f"[inline media: {len(inline)} base64 chars, stored in media row]"
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, str) and (value == inline or (len(value) > 1024 and inline in value)):
+            return placeholder
+        return value
+
+    result = strip(raw)
+    return result if isinstance(result, dict) else {}
+
+
+class IngestService:
+    """Writes a webhook's events for one instance. The caller owns the transaction and commits it."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def apply(self, *, org_id: UUID, instance_id: UUID, events: Iterable[GatewayEvent]) -> IngestResult:
+        result = IngestResult()
+        now = datetime.now(UTC)
+        for event in events:
+            if isinstance(event, InboundMessage):
+                stored = await self._store_message(org_id, instance_id, event, now)
+                if stored is None:
+                    result.duplicates += 1
+                else:
+                    result.created.append(stored)
+            elif isinstance(event, StatusUpdate):
+                applied = await self._apply_status(instance_id, event, now)
+                if applied is None:
+                    result.stale_statuses += 1
+                else:
+                    result.statuses.append(applied)
+            elif isinstance(event, IgnoredEvent):
+                result.ignored += 1
+                log.info("webhook event ignored", gateway_event=event.event, reason=event.reason)
+        return result
+
+    async def _upsert_contact(self, org_id: UUID, message: InboundMessage, now: datetime) -> UUID:
+        # The push name on the business's own messages is the business's, not the contact's.
+        name = message.contact_name if message.direction is Direction.INBOUND else None
+        existing = (
+            await self.session.execute(
+                select(Contact.id, Contact.name).where(Contact.org_id == org_id, Contact.wa_id == message.chat_id)
+            )
+        ).one_or_none()
+        if existing is not None and (name is None or existing.name == name):
+            return existing.id  # the common case: one read, no write
+        stmt = insert(Contact).values(
+            id=_new_id(), org_id=org_id, wa_id=message.chat_id, name=name, created_at=now, updated_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            constraint="uq_contacts_org_wa_id",
+            set_={"name": func.coalesce(stmt.excluded.name, Contact.name), "updated_at": now},
+        ).returning(Contact.id)
+        return (await self.session.execute(stmt)).scalar_one()
+
+    async def _lock_conversation(
+        self, org_id: UUID, instance_id: UUID, contact_id: UUID, sent_at: datetime, now: datetime
+    ) -> tuple[UUID, int]:
+        """Return (id, last_seq) of the conversation, created if needed, holding its row lock until commit.
+
+        The lock is what serialises writers of one conversation, so seq = last_seq + 1 is gapless and a
+        concurrent duplicate meets the committed row in the unique index.
+        """
+        locked = (
+            select(Conversation.id, Conversation.last_seq)
+            .where(Conversation.instance_id == instance_id, Conversation.contact_id == contact_id)
+            .with_for_update()
+        )
+        row = (await self.session.execute(locked)).one_or_none()
+        if row is not None:
+            return row.id, row.last_seq
+        created = (
+            await self.session.execute(
+                insert(Conversation)
+                .values(
+                    id=_new_id(),
+                    org_id=org_id,
+                    instance_id=instance_id,
+                    contact_id=contact_id,
+                    status=ConversationStatus.OPEN,
+                    last_seq=0,
+                    last_message_at=sent_at,
+                    unread_count=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(constraint="uq_conversations_instance_contact")
+                .returning(Conversation.id)
+            )
+        ).scalar_one_or_none()
+        if created is not None:
+            return created, 0  # our own uncommitted insert: nobody else can see, let alone lock, it
+        row = (await self.session.execute(locked)).one()  # lost the race to create it: lock the winner's row
+        return row.id, row.last_seq
+
+    async def _store_message(
+        self, org_id: UUID, instance_id: UUID, message: InboundMessage, now: datetime
+    ) -> StoredMessage | None:
+        sent_at = min(message.sent_at, now)  # a gateway clock ahead of ours must not pin a chat to the top
+        contact_id = await self._upsert_contact(org_id, message, now)
+        conversation_id, last_seq = await self._lock_conversation(org_id, instance_id, contact_id, sent_at, now)
+        seq = last_seq + 1
+        message_id = _new_id()
+        inserted = (
+            await self.session.execute(
+                insert(Message)
+                .values(
+                    id=message_id,
+                    org_id=org_id,
+                    conversation_id=conversation_id,
+                    instance_id=instance_id,
+                    seq=seq,
+                    gateway_message_id=message.gateway_message_id,
+                    direction=message.direction,
+                    type=message.type,
+                    body=message.body,
+                    status=message.status,
+                    sent_at=sent_at,
+                    received_at=now,
+                    raw=raw_without_inline_media(message),
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(constraint="uq_messages_instance_gateway_id")
+                .returning(Message.id)
+            )
+        ).scalar_one_or_none()
+        if inserted is None:
+            return None
+        inbound = message.direction is Direction.INBOUND
+        newest = sent_at >= Conversation.last_message_at
+        await self.session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id)
+            .values(
+                last_seq=seq,
+                last_message_at=func.greatest(Conversation.last_message_at, sent_at),
+                last_message_preview=case((newest, preview_of(message)), else_=Conversation.last_message_preview),
+                last_message_direction=case(
+                    (newest, message.direction.value), else_=Conversation.last_message_direction
+                ),
+                # An agent replying from the phone has seen the chat; a customer writing adds one unread.
+                unread_count=Conversation.unread_count + 1 if inbound else 0,
+                status=case(
+                    (Conversation.status == ConversationStatus.CLOSED, ConversationStatus.OPEN),
+                    else_=Conversation.status,
+                )
+                if inbound
+                else Conversation.status,
+                updated_at=now,
+            )
+        )
+        media_id = await self._create_media(org_id, message_id, message, now) if message.media else None
+        return StoredMessage(
+            id=message_id,
+            conversation_id=conversation_id,
+            seq=seq,
+            gateway_message_id=message.gateway_message_id,
+            direction=message.direction,
+            media_id=media_id,
+        )
+
+    async def _create_media(self, org_id: UUID, message_id: UUID, message: InboundMessage, now: datetime) -> UUID:
+        assert message.media is not None
+        media = message.media
+        media_id = _new_id()
+        await self.session.execute(
+            insert(Media).values(
+                id=media_id,
+                org_id=org_id,
+                message_id=message_id,
+                gateway_ref=media.gateway_ref,
+                mime_type=media.mime_type,
+                size_bytes=media.size_bytes,
+                sha256=media.sha256,
+                filename=media.filename,
+                source_url=media.url,
+                inline_base64=media.inline_base64,
+                state="pending",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return media_id
+
+    async def _apply_status(self, instance_id: UUID, event: StatusUpdate, now: datetime) -> AppliedStatus | None:
+        allowed_from = STATUS_PREDECESSORS.get(event.status, ())
+        if not allowed_from:
+            return None
+        row = (
+            await self.session.execute(
+                update(Message)
+                .where(
+                    Message.instance_id == instance_id,
+                    Message.gateway_message_id == event.gateway_message_id,
+                    Message.status.in_(allowed_from),
+                )
+                .values(status=event.status, updated_at=now)
+                .returning(Message.id, Message.conversation_id, Message.seq)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        return AppliedStatus(message_id=row.id, conversation_id=row.conversation_id, seq=row.seq, status=event.status)

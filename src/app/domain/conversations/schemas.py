@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from app.lib.schema import Schema
+
+
+class ContactOut(Schema):
+    id: UUID
+    wa_id: str
+    name: str | None
+
+
+class ConversationOut(Schema):
+    id: UUID
+    instance_id: UUID
+    contact: ContactOut
+    status: str
+    last_message_at: datetime
+    last_message_preview: str | None
+    last_message_direction: str | None
+    unread_count: int
+    last_seq: int
+
+
+class ConversationPage(Schema):
+    items: list[ConversationOut]
+    next_cursor: str | None  # pass as ?cursor= for the next (older) page; null on the last page
+
+
+class MediaOut(Schema):
+    id: UUID
+    state: str
+    mime_type: str | None
+    size_bytes: int | None
+    filename: str | None
+
+
+class MessageOut(Schema):
+    id: UUID
+    conversation_id: UUID
+    seq: int
+    gateway_message_id: str
+    direction: str
+    type: str
+    body: str | None
+    status: str
+    sent_at: datetime
+    received_at: datetime
+    media: MediaOut | None
+
+
+class MessagePage(Schema):
+    """A window of history in ascending seq. seq is gapless from 1, so the bounds say what else exists."""
+
+    conversation_id: UUID
+    items: list[MessageOut]
+    last_seq: int  # newest seq in the conversation
+    has_more_before: bool  # ask again with before_seq = items[0].seq
+    has_more_after: bool  # ask again with after_seq = items[-1].seq
+
+
+class ReadMarker(Schema):
+    conversation_id: UUID
+    unread_count: int

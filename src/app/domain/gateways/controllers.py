@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from litestar import Controller, Request, get, post
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.gateways.base import WebhookRequest
+from app.domain.gateways.cloudapi.webhook import verify_subscription
+from app.domain.gateways.instances import credentials_of
+from app.domain.gateways.schemas import WebhookAck
+from app.domain.gateways.service import WebhookService
+
+
+class WebhookController(Controller):
+    """Gateways post here. Not behind JWT: each request is verified by its instance's secret or signature."""
+
+    path = "/api/webhooks"
+    tags = ["webhooks"]
+
+    @post("/{gateway:str}/{instance:str}", status_code=200, summary="Receive a gateway webhook")
+    async def receive(self, request: Request, gateway: str, instance: str, db_session: AsyncSession) -> WebhookAck:
+        webhook = WebhookRequest(
+            body=await request.body(), headers=request.headers, query=dict(request.query_params)
+        )
+        received = await WebhookService(db_session).receive(gateway, instance, webhook)
+        result = received.result
+        return WebhookAck(
+            status="ok",
+            created=len(result.created),
+            duplicates=result.duplicates,
+            statuses=len(result.statuses),
+            ignored=result.ignored,
+        )
+
+    @get("/cloudapi/{instance:str}", media_type="text/plain", summary="Cloud API subscription handshake")
+    async def cloudapi_handshake(
+        self,
+        request: Request,
+        instance: str,
+        db_session: AsyncSession,
+    ) -> str:
+        found = await WebhookService(db_session).find_instance("cloudapi", instance)
+        return verify_subscription(dict(request.query_params), credentials_of(found))

@@ -1,0 +1,79 @@
+"""Receiving a webhook: find the instance, verify, parse, apply in one transaction, commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import GatewayKind, WhatsAppInstance
+from app.domain.conversations.ingest import IngestResult, IngestService
+from app.domain.gateways.base import WebhookRequest
+from app.domain.gateways.instances import InstanceService, credentials_of
+from app.domain.gateways.registry import get_adapter
+from app.lib.errors import problem
+
+log = structlog.get_logger()
+
+# Postgres aborts one side of a deadlock / serialisation conflict; the webhook is simply applied again.
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    instance: WhatsAppInstance
+    result: IngestResult
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+
+
+class WebhookService:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def find_instance(self, gateway: str, instance_name: str) -> WhatsAppInstance:
+        try:
+            kind = GatewayKind(gateway)
+        except ValueError:
+            raise problem(404, f"unknown gateway '{gateway}'") from None
+        instance = await InstanceService(session=self.session).find_active(kind, instance_name)
+        if instance is None:
+            raise problem(404, f"unknown {gateway} instance '{instance_name}'")
+        return instance
+
+    async def receive(self, gateway: str, instance_name: str, request: WebhookRequest) -> Received:
+        adapter = get_adapter(gateway)
+        if adapter is None:
+            raise problem(404, f"unknown gateway '{gateway}'")
+        instance = await self.find_instance(gateway, instance_name)
+        adapter.verify(request, credentials_of(instance))
+        events = adapter.parse(request.body)
+        org_id, instance_id = instance.org_id, instance.id
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                result = await IngestService(self.session).apply(org_id=org_id, instance_id=instance_id, events=events)
+                # Explicit commit before the 2xx (invariant 1): a failed commit must surface as an error.
+                await self.session.commit()
+            except DBAPIError as exc:
+                await self.session.rollback()
+                if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < _MAX_ATTEMPTS:
+                    log.warning("webhook transaction retried", sqlstate=_sqlstate(exc), attempt=attempt)
+                    continue
+                raise
+            log.info(
+                "webhook committed",
+                gateway=gateway,
+                instance=instance_name,
+                created=len(result.created),
+                duplicates=result.duplicates,
+                statuses=len(result.statuses),
+                ignored=result.ignored,
+            )
+            return Received(instance=instance, result=result)
+        raise AssertionError("unreachable")  # pragma: no cover

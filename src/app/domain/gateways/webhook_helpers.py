@@ -1,0 +1,143 @@
+"""Pieces the webhook adapters share: decoding with the right rejection, timestamps, secrets, file hashes.
+
+Pure functions: no I/O, no clock except where a gateway sent no time at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import re
+import string
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+
+from app.domain.gateways.base import WebhookRejected, WebhookRequest, WebhookUnauthorized
+
+T = TypeVar("T")
+
+# Epoch numbers above this are milliseconds: 1e11 seconds is the year 5138, 1e11 milliseconds is 1973.
+_MILLISECONDS_FROM = 100_000_000_000
+_HEX_DIGITS = frozenset(string.hexdigits)
+_BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*")
+
+
+def decode_or_reject(decoder: msgspec.json.Decoder[T], payload: bytes | msgspec.Raw, what: str) -> T:
+    """Decode with a typed decoder; broken JSON is a 400, JSON of the wrong shape a 422.
+
+    msgspec's messages name the path and the expected type, never the offending value, so they are safe
+    to hand back to the caller.
+    """
+    try:
+        return decoder.decode(payload)
+    except msgspec.ValidationError as exc:  # subclass of DecodeError: must come first
+        raise WebhookRejected(f"{what} has an unexpected shape: {exc}", status_code=422) from exc
+    except msgspec.DecodeError as exc:
+        raise WebhookRejected(f"{what} is not valid JSON: {exc}", status_code=400) from exc
+
+
+def wrong_shape(detail: str) -> WebhookRejected:
+    return WebhookRejected(detail, status_code=422)
+
+
+def decode_untyped(payload: bytes | msgspec.Raw) -> Any:
+    """The same JSON as plain dicts and lists, for the `raw` column (called after a typed decode passed)."""
+    return msgspec.json.decode(payload)
+
+
+def utc_from_epoch(value: int | float | str | None, what: str = "timestamp") -> datetime | None:
+    """Seconds or milliseconds since the epoch, as a number or numeric string, to an aware UTC datetime."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+        if number >= _MILLISECONDS_FROM:
+            number /= 1000
+        return datetime.fromtimestamp(number, tz=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise wrong_shape(f"{what} is not an epoch time") from exc
+
+
+def utc_from_iso(value: str | None) -> datetime | None:
+    """An ISO-8601 string to aware UTC, or None when absent or unreadable (only ever used as a fallback)."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def received_now() -> datetime:
+    """Stand-in for a message that carries no time at all: better an approximate time than a lost message."""
+    return datetime.now(tz=UTC)
+
+
+def presented_secrets(request: WebhookRequest) -> list[str]:
+    """Every place a per-instance shared secret may arrive in: X-Webhook-Secret, Bearer token, ?token=."""
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    found = [headers.get("x-webhook-secret", "")]
+    scheme, _, credentials = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        found.append(credentials)
+    found.append(request.query.get("token", ""))
+    return [value.strip() for value in found if value and value.strip()]
+
+
+def require_shared_secret(presented: Iterable[str], expected: str) -> None:
+    """Raise WebhookUnauthorized unless one of the presented values equals the instance's secret.
+
+    Every candidate is compared (no early exit) in constant time; the messages never echo a value.
+    """
+    if not expected:
+        # An empty secret would match an empty header: refuse rather than accept anyone.
+        raise WebhookUnauthorized("no webhook secret is configured for this instance")
+    candidates = list(presented)
+    if not candidates:
+        raise WebhookUnauthorized("webhook secret missing")
+    expected_bytes = expected.encode()
+    matched = False
+    for candidate in candidates:
+        matched |= hmac.compare_digest(candidate.encode(), expected_bytes)
+    if not matched:
+        raise WebhookUnauthorized("webhook secret does not match")
+
+
+def sha256_hex(value: str | None) -> str | None:
+    """A file's SHA-256 as lower-case hex, whether the gateway sent hex or base64 (Baileys, WA Web do).
+
+    One encoding lets the media worker compare it with hashlib's hexdigest. Anything else is dropped
+    (the original stays in `raw`).
+    """
+    if not value:
+        return None
+    text = value.strip()
+    if len(text) == 64 and all(char in _HEX_DIGITS for char in text):
+        return text.lower()
+    try:
+        digest = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return digest.hex() if len(digest) == 32 else None
+
+
+def base64_decoded_size(text: str) -> int | None:
+    """Size in bytes of the data a standard base64 string encodes, or None if it is not plain base64.
+
+    Checks the alphabet without decoding (the payload may be megabytes; handlers must not decode media).
+    """
+    if not text or len(text) % 4:
+        return None
+    body = text.rstrip("=")
+    if len(text) - len(body) > 2:
+        return None
+    if not _BASE64_BODY.fullmatch(body):
+        return None
+    return len(text) * 3 // 4 - (len(text) - len(body))

@@ -1,0 +1,99 @@
+"""Every error the API answers is RFC 9457 problem details; this module maps exceptions to them."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import asyncpg
+import structlog
+from advanced_alchemy.exceptions import NotFoundError
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from app.domain.gateways.base import WebhookRejected, WebhookUnauthorized
+from app.lib.pagination import InvalidCursor
+
+log = structlog.get_logger()
+
+_PROBLEM_TYPE = "about:blank"
+
+
+def problem(status_code: int, detail: str | None = None, **extra: Any) -> ProblemDetailsException:
+    return ProblemDetailsException(
+        status_code=status_code,
+        title=HTTPStatus(status_code).phrase,
+        detail=detail or "",
+        type_=_PROBLEM_TYPE,
+        extra=extra or None,
+    )
+
+
+def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and exc.extra:
+        extra["errors"] = exc.extra
+    detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
+    result = problem(exc.status_code, detail, **extra)
+    result.headers = exc.headers
+    return result
+
+
+def _from_not_found(exc: NotFoundError) -> ProblemDetailsException:
+    # The repository's message names tables and ids; the client only needs to know it is not there.
+    return problem(404, "not found")
+
+
+def _from_webhook_rejected(exc: WebhookRejected) -> ProblemDetailsException:
+    return problem(exc.status_code, exc.detail)
+
+
+def _from_webhook_unauthorized(exc: WebhookUnauthorized) -> ProblemDetailsException:
+    return problem(401, exc.detail)
+
+
+def _from_invalid_cursor(exc: InvalidCursor) -> ProblemDetailsException:
+    return problem(400, str(exc))
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Errors that mean "the database cannot take work now" (connection lost, refused, pool exhausted)."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError, OSError, asyncpg.PostgresConnectionError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = getattr(exc, "orig", None)
+    return orig is not None and orig is not exc and is_database_unavailable(orig)
+
+
+def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The database is down or overloaded: 503 so the gateway retries later; never a 2xx without a commit."""
+    if is_database_unavailable(exc):
+        log.warning("database unavailable", path=request.url.path, error=type(exc).__name__)
+        response = problem(503, "database unavailable, retry later").to_response(request)
+        response.headers["Retry-After"] = "5"
+        return response
+    log.exception("database error", path=request.url.path)
+    return problem(500, "internal error").to_response(request)
+
+
+problem_details_config = ProblemDetailsConfig(
+    enable_for_all_http_exceptions=True,
+    exception_to_problem_detail_map={
+        HTTPException: _from_http_exception,
+        NotFoundError: _from_not_found,
+        WebhookRejected: _from_webhook_rejected,
+        WebhookUnauthorized: _from_webhook_unauthorized,
+        InvalidCursor: _from_invalid_cursor,
+    },
+)
+
+database_exception_handlers = {
+    DBAPIError: database_error_handler,
+    PoolTimeoutError: database_error_handler,
+    OSError: database_error_handler,
+    asyncpg.PostgresConnectionError: database_error_handler,
+}

@@ -1,0 +1,104 @@
+"""One place wires the application: settings, database, Redis, auth, errors, logging, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from advanced_alchemy.extensions.litestar import (
+    AsyncSessionConfig,
+    EngineConfig,
+    SQLAlchemyAsyncConfig,
+    SQLAlchemyPlugin,
+)
+from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.plugins.problem_details import ProblemDetailsPlugin
+from redis.asyncio import Redis
+
+from app.config import Settings, get_settings
+from app.domain.accounts.auth import build_jwt_auth
+from app.domain.accounts.controllers import AuthController
+from app.domain.conversations.controllers import ConversationController
+from app.domain.gateways.controllers import WebhookController
+from app.domain.stats.health import HealthController
+from app.lib.errors import database_exception_handlers, problem_details_config
+from app.lib.logging import structlog_plugin
+
+# Ordinary JSON requests are small; only webhooks may carry inline base64 media.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
+    connect_args: dict[str, Any] = {"server_settings": {"application_name": "whatsapp-crm"}}
+    if settings.db.statement_cache_size is not None:
+        connect_args["statement_cache_size"] = settings.db.statement_cache_size
+    return SQLAlchemyAsyncConfig(
+        connection_string=settings.db.url,
+        engine_config=EngineConfig(
+            pool_size=settings.db.pool_size,
+            max_overflow=settings.db.max_overflow,
+            pool_timeout=int(settings.db.pool_timeout),
+            pool_pre_ping=False,
+            echo=settings.db.echo,
+            connect_args=connect_args,
+        ),
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        session_dependency_key="db_session",
+        # Services commit explicitly; the stock autocommit handler would swallow a failed commit.
+        before_send_handler=None,
+        create_all=False,
+    )
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    jwt_auth = build_jwt_auth(settings)
+    redis = Redis.from_url(settings.redis.url)
+
+    @asynccontextmanager
+    async def redis_lifespan(_: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await redis.aclose()
+
+    webhooks = Router(
+        path="/",
+        route_handlers=[WebhookController],
+        request_max_body_size=settings.app.webhook_max_body_bytes,
+    )
+    return Litestar(
+        route_handlers=[AuthController, ConversationController, HealthController, webhooks],
+        dependencies={
+            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+            "jwt_auth": Provide(lambda: jwt_auth, use_cache=True, sync_to_thread=False),
+            "redis": Provide(lambda: redis, use_cache=True, sync_to_thread=False),
+        },
+        plugins=[
+            SQLAlchemyPlugin(config=sqlalchemy_config(settings)),
+            ProblemDetailsPlugin(problem_details_config),
+            structlog_plugin(settings.app.log_level, settings.app.log_json),
+        ],
+        on_app_init=[jwt_auth.on_app_init],
+        exception_handlers=database_exception_handlers,  # type: ignore[arg-type]
+        lifespan=[redis_lifespan],
+        cors_config=CORSConfig(
+            allow_origins=settings.app.cors_allowed_origins,
+            allow_credentials=True,
+            allow_headers=["Authorization", "Content-Type"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        ),
+        openapi_config=OpenAPIConfig(
+            title="WhatsApp CRM API",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        request_max_body_size=DEFAULT_MAX_BODY_BYTES,
+        state={"settings": settings},
+    )

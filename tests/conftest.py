@@ -1,0 +1,118 @@
+"""Test rig: real Postgres and Redis (from the environment, else embedded), one fresh database per run.
+
+The run's database is created here and built by `alembic upgrade head`, so the migrations are what every
+test exercises. Tests isolate themselves by creating their own organisation; nothing is truncated.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.config import Config
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from app.config import AppSettings, AuthSettings, DatabaseSettings, RedisSettings, Settings, normalise_database_url
+from app.lib.embedded import dev_services
+from app.server.core import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _plain_dsn(url: str) -> str:
+    return normalise_database_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> Iterator[tuple[str, str]]:
+    with tempfile.TemporaryDirectory(prefix="crm-test-") as state, dev_services(Path(state), ephemeral=True) as urls:
+        yield urls.database_url, urls.redis_url
+
+
+@pytest.fixture(scope="session")
+def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
+    """A database of this run's own, migrated to head with the real Alembic scripts, dropped afterwards."""
+    import asyncio
+
+    server_url = make_url(normalise_database_url(service_urls[0]))
+    name = f"crm_test_{secrets.token_hex(4)}"
+    admin_dsn = _plain_dsn(server_url.render_as_string(hide_password=False))
+
+    async def _admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    url = server_url.set(database=name).render_as_string(hide_password=False)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url
+    command.upgrade(config, "head")
+    try:
+        yield url
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url(service_urls: tuple[str, str]) -> str:
+    return service_urls[1]
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str) -> Settings:
+    return Settings(
+        app=AppSettings(environment="test", log_level=os.environ.get("TEST_LOG_LEVEL", "WARNING"), log_json=True),
+        db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=20),
+        redis=RedisSettings(url=redis_url),
+        auth=AuthSettings(jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=600),
+    )
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(settings.db.url, pool_size=10, max_overflow=10)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        yield session
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Litestar:
+    # A fresh app per test: AsyncTestClient may run it on another loop (ARCHITECTURE pitfalls).
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+def pytest_configure(config: Any) -> None:
+    os.environ.setdefault("APP_ENV", "test")
