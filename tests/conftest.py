@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, RedisSettings, Settings, normalise_database_url
 from app.lib.embedded import dev_services
-from app.server.core import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +103,8 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def app(settings: Settings) -> Litestar:
+    from app.server.core import create_app
+
     # A fresh app per test: AsyncTestClient may run it on another loop (ARCHITECTURE pitfalls).
     return create_app(settings)
 

@@ -70,4 +70,7 @@ async def create_tenant(session: AsyncSession) -> Tenant:
     instances = {kind: InstanceFactory.build(org_id=org.id, gateway=kind) for kind in GatewayKind}
     session.add_all([admin, agent, *instances.values()])
     await session.commit()
+    # Detached, so a test that expires its session's objects keeps the tenant readable.
+    for obj in (org, admin, agent, *instances.values()):
+        session.expunge(obj)
     return Tenant(org=org, admin=admin, agent=agent, instances=instances)

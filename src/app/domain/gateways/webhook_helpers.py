@@ -80,11 +80,18 @@ def received_now() -> datetime:
     return datetime.now(tz=UTC)
 
 
+def header_value(request: WebhookRequest, name: str) -> str:
+    """A header by lower-case name ("" when absent), whatever case the mapping's keys happen to have."""
+    value = request.headers.get(name)
+    if value is None:
+        value = next((v for k, v in request.headers.items() if k.lower() == name), None)
+    return value or ""
+
+
 def presented_secrets(request: WebhookRequest) -> list[str]:
     """Every place a per-instance shared secret may arrive in: X-Webhook-Secret, Bearer token, ?token=."""
-    headers = {name.lower(): value for name, value in request.headers.items()}
-    found = [headers.get("x-webhook-secret", "")]
-    scheme, _, credentials = headers.get("authorization", "").strip().partition(" ")
+    found = [header_value(request, "x-webhook-secret")]
+    scheme, _, credentials = header_value(request, "authorization").strip().partition(" ")
     if scheme.lower() == "bearer":
         found.append(credentials)
     found.append(request.query.get("token", ""))
@@ -110,6 +117,10 @@ def require_shared_secret(presented: Iterable[str], expected: str) -> None:
         raise WebhookUnauthorized("webhook secret does not match")
 
 
+def is_sha256_hex(text: str) -> bool:
+    return len(text) == 64 and all(char in _HEX_DIGITS for char in text)
+
+
 def sha256_hex(value: str | None) -> str | None:
     """A file's SHA-256 as lower-case hex, whether the gateway sent hex or base64 (Baileys, WA Web do).
 
@@ -119,7 +130,7 @@ def sha256_hex(value: str | None) -> str | None:
     if not value:
         return None
     text = value.strip()
-    if len(text) == 64 and all(char in _HEX_DIGITS for char in text):
+    if is_sha256_hex(text):
         return text.lower()
     try:
         digest = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 
-class _Schema(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
+class _Schema(msgspec.Struct, rename="camel", kw_only=True):
     pass
 
 

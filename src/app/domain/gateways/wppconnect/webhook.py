@@ -77,6 +77,8 @@ _ACK_STATUSES = {
     4: MessageStatus.READ,  # PLAYED (audio/video): read as far as the CRM cares
 }
 
+_Content = tuple[MessageType, str | None, MediaRef | None]  # type, text (or caption), media
+
 
 class WppConnectAdapter:
     kind: str = "wppconnect"
@@ -112,11 +114,8 @@ def _message_event(webhook: WppWebhook, body: bytes) -> GatewayEvent:
         return IgnoredEvent(event=webhook.event, reason=f"message type {wa_type!r} is not chat content")
 
     chat_id = normalise_chat_id(peer)
-    message_type, text, media, body_is_file = _content(webhook, message_id, wa_type)
-    raw: dict[str, Any] = decode_untyped(body)
-    if body_is_file:
-        # The file (or its thumbnail) would bloat the JSONB row; the media row keeps the file itself.
-        raw.pop("body", None)
+    message_type, text, media = _content(webhook, message_id, wa_type)
+    raw: dict[str, Any] = decode_untyped(body)  # the message is the whole body
     return InboundMessage(
         gateway_message_id=message_id,
         chat_id=chat_id,
@@ -150,19 +149,15 @@ def _ack_event(webhook: WppWebhook) -> GatewayEvent:
     )
 
 
-def _content(
-    webhook: WppWebhook, message_id: str, wa_type: str
-) -> tuple[MessageType, str | None, MediaRef | None, bool]:
-    """(type, text, media, whether `body` held file data rather than text)."""
+def _content(webhook: WppWebhook, message_id: str, wa_type: str) -> _Content:
     if wa_type == "chat":
-        return MessageType.TEXT, webhook.body, None, False
+        return MessageType.TEXT, webhook.body, None
     if wa_type == "location":
-        # For locations `body` is a map thumbnail.
-        return MessageType.LOCATION, _location_text(webhook), None, webhook.body is not None
+        return MessageType.LOCATION, _location_text(webhook), None  # `body` is a map thumbnail
     media_type = _MEDIA_TYPES.get(wa_type)
     if media_type is None:
         # vcard, list/buttons replies, polls, orders…: keep what text there is.
-        return MessageType.OTHER, webhook.body or webhook.caption, None, False
+        return MessageType.OTHER, webhook.body or webhook.caption, None
     inline, body_text = _split_media_body(webhook)
     media = MediaRef(
         gateway_ref=message_id,  # GET /api/{session}/get-media-by-message/{id}
@@ -173,7 +168,7 @@ def _content(
         url=webhook.file_url,
         inline_base64=inline,
     )
-    return media_type, webhook.caption or body_text, media, webhook.body is not None and body_text is None
+    return media_type, webhook.caption or body_text, media
 
 
 def _split_media_body(webhook: WppWebhook) -> tuple[str | None, str | None]:
