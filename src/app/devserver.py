@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from app.lib.embedded import describe, dev_services
+from app.lib.embedded import EmbeddedServiceError, describe, dev_services
 
 STATE_DIR = Path(".dev")
 STOP_TIMEOUT = 10.0
@@ -27,7 +27,7 @@ def _migrate(env: dict[str, str]) -> None:
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Own process group: a terminal Ctrl-C reaches only us, so each child gets exactly one SIGTERM
-    # (a second signal makes uvicorn skip its graceful shutdown).
+    # (a second SIGINT makes uvicorn skip its graceful shutdown).
     return subprocess.Popen([sys.executable, "-m", *args], env=env, process_group=0)  # noqa: S603
 
 
@@ -46,6 +46,13 @@ def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 def main() -> None:
+    try:
+        _serve()
+    except EmbeddedServiceError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def _serve() -> None:
     host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "3001")
     stopping: list[int] = []
 
@@ -54,9 +61,8 @@ def main() -> None:
 
     with dev_services(STATE_DIR, ephemeral=False) as urls:
         env = {**os.environ, "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url}
+        print("\n".join(describe(urls)), flush=True)
         _migrate(env)
-        for line in describe(urls):
-            print(line)
         print(f"API: http://{host}:{port}", flush=True)
         previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         children: dict[str, subprocess.Popen[bytes]] = {}

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +60,11 @@ def redact(url: str) -> str:
 
 def describe(urls: ServiceUrls) -> list[str]:
     """One printable line per service, passwords hidden."""
-    services = [("postgres", urls.embedded_postgres, urls.database_url), ("redis", urls.embedded_redis, urls.redis_url)]
-    return [f"{name}: {'embedded' if own else 'from environment'} {redact(url)}" for name, own, url in services]
+    origin = {True: "embedded", False: "from environment"}
+    return [
+        f"postgres: {origin[urls.embedded_postgres]} {redact(urls.database_url)}",
+        f"redis: {origin[urls.embedded_redis]} {redact(urls.redis_url)}",
+    ]
 
 
 def _free_port(remember: Path | None) -> int:
@@ -113,7 +116,10 @@ def _postgres(data: Path, *, ephemeral: bool, dbname: str, port_file: Path | Non
     as_user = PG_OS_USER if os.geteuid() == 0 else None
     data.mkdir(parents=True, exist_ok=True)
     if as_user:
-        ensure_user_exists(as_user)
+        try:
+            ensure_user_exists(as_user)
+        except subprocess.CalledProcessError:
+            pwd.getpwnam(as_user)  # fine if a parallel run (pytest-xdist) created it first
         ensure_prefix_permissions(data)  # the server user must be able to traverse to its data dir
         os.chown(data, pwd.getpwnam(as_user).pw_uid, pwd.getpwnam(as_user).pw_gid)
     if not (data / "PG_VERSION").exists():
@@ -125,7 +131,8 @@ def _postgres(data: Path, *, ephemeral: bool, dbname: str, port_file: Path | Non
     opts = f"-h 127.0.0.1 -p {port} -k ''" + (" -F -c full_page_writes=off" if ephemeral else "")
     try:
         try:
-            _pg_ctl(["-w", "-t", str(int(START_TIMEOUT)), "-l", str(log), "-o", opts, "start"], pgdata=data, user=as_user)
+            start = ["-w", "-t", str(int(START_TIMEOUT)), "-l", str(log), "-o", opts, "start"]
+            _pg_ctl(start, pgdata=data, user=as_user)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise EmbeddedServiceError(f"PostgreSQL did not start; {_log_tail(log)}") from exc
         conn = ["-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER]
@@ -140,7 +147,8 @@ def _postgres(data: Path, *, ephemeral: bool, dbname: str, port_file: Path | Non
 def _stop_postgres(data: Path, as_user: str | None) -> None:
     if _live_pid(data / "postmaster.pid", "postgres") is None:
         return  # also keeps pg_ctl from signalling whatever process reused a stale pid
-    pg_ctl = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", str(int(STOP_TIMEOUT))]
+    timeout = str(int(STOP_TIMEOUT))
+    pg_ctl = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", timeout]
     subprocess.run([*pg_ctl, "stop"], user=as_user, capture_output=True)
     _terminate(data / "postmaster.pid", "postgres", signal.SIGKILL)
 
@@ -191,23 +199,14 @@ def _redis(workdir: Path, *, ephemeral: bool, port_file: Path | None) -> Iterato
             proc.wait()
 
 
-@contextmanager
-def _signals_stop_services(stack: ExitStack) -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C (so `finally` stops the servers); once stopping, both are ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    stack.callback(lambda: [signal.signal(sig, handler) for sig, handler in saved.items()])
+def _set_handlers(handlers: Mapping[signal.Signals, signal._HANDLER]) -> None:
+    if threading.current_thread() is threading.main_thread():  # only it may touch signal handlers
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
-    def _exit(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
 
-    if saved[signal.SIGTERM] == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit)
-    yield
-    # A second Ctrl-C while stopping would orphan the servers; stopping is bounded anyway.
-    stack.callback(lambda: [signal.signal(sig, signal.SIG_IGN) for sig in saved])
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _state_root(stack: ExitStack, state_dir: Path, *, ephemeral: bool) -> Path:
@@ -235,8 +234,10 @@ def dev_services(state_dir: Path, *, ephemeral: bool, dbname: str = "crm") -> It
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     own_postgres, own_redis = not database_url, not redis_url
     with ExitStack() as stack:
-        signals = stack.enter_context(ExitStack())
-        signals.enter_context(_signals_stop_services(stack))
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stack.callback(_set_handlers, saved)
+        if saved[signal.SIGTERM] == signal.SIG_DFL:  # SIGTERM unwinds like Ctrl-C, so servers get stopped
+            _set_handlers({signal.SIGTERM: _exit_on_signal})
         if own_postgres or own_redis:
             root = _state_root(stack, state_dir, ephemeral=ephemeral)
             remember = None if ephemeral else root
@@ -247,4 +248,53 @@ def dev_services(state_dir: Path, *, ephemeral: bool, dbname: str = "crm") -> It
         if not redis_url:
             port_file = remember and remember / "redis.port"
             redis_url = stack.enter_context(_redis(root / "redis", ephemeral=ephemeral, port_file=port_file))
+        # Runs first on the way out: a second Ctrl-C while stopping would orphan the servers.
+        stack.callback(_set_handlers, dict.fromkeys(saved, signal.SIG_IGN))
         yield ServiceUrls(database_url, redis_url, own_postgres, own_redis)
+
+
+def _run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
+    child = subprocess.Popen(cmd, env=env)
+
+    def _forward(signum: int, _frame: FrameType | None) -> None:
+        # A terminal's Ctrl-C already reached the child (same foreground process group); sending it
+        # again would look like a second Ctrl-C, which makes uvicorn or pytest abort without cleanup.
+        try:
+            from_terminal = os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+        except OSError:
+            from_terminal = False
+        if not (signum == signal.SIGINT and from_terminal):
+            child.send_signal(signum)
+
+    saved = {sig: signal.signal(sig, _forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        _set_handlers(saved)
+    return 128 - code if code < 0 else code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.lib.embedded")
+    run = parser.add_subparsers(dest="command", required=True).add_parser(
+        "exec",
+        help="run CMD with DATABASE_URL / REDIS_URL exported, starting embedded servers for unset ones",
+    )
+    run.add_argument("--state-dir", type=Path, default=Path.cwd() / ".dev")
+    run.add_argument("--ephemeral", action="store_true", help="throw-away data in a temporary dir (tests)")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    args = parser.parse_args(argv)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        parser.error("missing command after --")
+    try:
+        with dev_services(args.state_dir, ephemeral=args.ephemeral) as urls:
+            print("\n".join(describe(urls)), file=sys.stderr, flush=True)
+            env = {**os.environ, "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url}
+            return _run_forwarding_signals(cmd, env)
+    except EmbeddedServiceError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

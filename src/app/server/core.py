@@ -21,7 +21,7 @@ from litestar.plugins.problem_details import ProblemDetailsPlugin
 from redis.asyncio import Redis
 
 from app.config import Settings, get_settings
-from app.domain.accounts.auth import build_jwt_auth
+from app.domain.accounts.auth import TokenIssuer, build_jwt_auth
 from app.domain.accounts.controllers import AuthController
 from app.domain.conversations.controllers import ConversationController
 from app.domain.gateways.controllers import WebhookController
@@ -58,6 +58,7 @@ def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     jwt_auth = build_jwt_auth(settings)
+    token_issuer = TokenIssuer(jwt_auth, settings.auth.token_ttl_seconds)
     redis = Redis.from_url(settings.redis.url)
 
     @asynccontextmanager
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[AuthController, ConversationController, HealthController, webhooks],
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
-            "jwt_auth": Provide(lambda: jwt_auth, use_cache=True, sync_to_thread=False),
+            "token_issuer": Provide(lambda: token_issuer, use_cache=True, sync_to_thread=False),
             "redis": Provide(lambda: redis, use_cache=True, sync_to_thread=False),
         },
         plugins=[
@@ -100,5 +101,4 @@ def create_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[ScalarRenderPlugin()],
         ),
         request_max_body_size=DEFAULT_MAX_BODY_BYTES,
-        state={"settings": settings},
     )

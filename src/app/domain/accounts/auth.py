@@ -58,11 +58,18 @@ def build_jwt_auth(settings: Settings) -> JWTAuth[CurrentAgent, Token]:
     )
 
 
-def issue_token(jwt_auth: JWTAuth[CurrentAgent, Token], agent: Agent) -> str:
-    return jwt_auth.create_token(
-        identifier=str(agent.id),
-        token_extras={"org_id": str(agent.org_id), "role": agent.role.value, "email": agent.email},
-    )
+class TokenIssuer:
+    """Signs access tokens for agents with the app's JWT settings (injected into the login handler)."""
+
+    def __init__(self, jwt_auth: JWTAuth[CurrentAgent, Token], ttl_seconds: int) -> None:
+        self._jwt_auth = jwt_auth
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, agent: Agent) -> str:
+        return self._jwt_auth.create_token(
+            identifier=str(agent.id),
+            token_extras={"org_id": str(agent.org_id), "role": agent.role.value, "email": agent.email},
+        )
 
 
 def requires_admin(connection: ASGIConnection[Any, CurrentAgent, Any, Any], _: BaseRouteHandler) -> None:

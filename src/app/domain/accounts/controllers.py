@@ -3,14 +3,13 @@ from __future__ import annotations
 from litestar import Controller, post
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import Body
-from litestar.security.jwt import JWTAuth
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.di import NamedDependency
 from typing_extensions import Annotated
 
-from app.config import Settings
-from app.domain.accounts.auth import issue_token
+from app.domain.accounts.auth import TokenIssuer
 from app.domain.accounts.schemas import AgentOut, LoginRequest, LoginResponse
 from app.domain.accounts.services import AgentService
+from app.lib.deps import DbSession
 
 
 class AuthController(Controller):
@@ -21,16 +20,15 @@ class AuthController(Controller):
     async def login(
         self,
         data: Annotated[LoginRequest, Body()],
-        db_session: AsyncSession,
-        jwt_auth: JWTAuth,
-        settings: Settings,
+        db_session: DbSession,
+        token_issuer: NamedDependency[TokenIssuer],
     ) -> LoginResponse:
         agent = await AgentService(session=db_session).authenticate(data.email, data.password)
         if agent is None:
             raise NotAuthorizedException("wrong e-mail or password")
         return LoginResponse(
-            access_token=issue_token(jwt_auth, agent),
+            access_token=token_issuer.issue(agent),
             token_type="Bearer",
-            expires_in=settings.auth.token_ttl_seconds,
+            expires_in=token_issuer.ttl_seconds,
             agent=AgentOut(id=agent.id, org_id=agent.org_id, email=agent.email, name=agent.name, role=agent.role.value),
         )

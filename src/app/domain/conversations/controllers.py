@@ -5,18 +5,18 @@ from __future__ import annotations
 from uuid import UUID
 
 from litestar import Controller, Request, get, post
-from litestar.params import Parameter
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.params import FromPath, FromQuery, QueryParameter
 from typing_extensions import Annotated
 
 from app.db.models import ConversationStatus
 from app.domain.accounts.auth import CurrentAgent
 from app.domain.conversations.schemas import ConversationOut, ConversationPage, MessagePage, ReadMarker
 from app.domain.conversations.services import ConversationFilters, ConversationService, MessageService
+from app.lib.deps import DbSession
 from app.lib.errors import problem
 from app.lib.pagination import ActivityCursor
 
-PageLimit = Annotated[int, Parameter(ge=1, le=100, description="page size, at most 100")]
+PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="page size, at most 100")]
 
 
 class ConversationController(Controller):
@@ -27,11 +27,11 @@ class ConversationController(Controller):
     async def list_conversations(
         self,
         request: Request[CurrentAgent, object, object],
-        db_session: AsyncSession,
-        instance_id: UUID | None = None,
-        status: ConversationStatus | None = None,
-        unread: bool = False,
-        cursor: str | None = None,
+        db_session: DbSession,
+        instance_id: FromQuery[UUID | None] = None,
+        status: FromQuery[ConversationStatus | None] = None,
+        unread: FromQuery[bool] = False,
+        cursor: FromQuery[str | None] = None,
         limit: PageLimit = 50,
     ) -> ConversationPage:
         return await ConversationService(db_session).list_conversations(
@@ -43,13 +43,13 @@ class ConversationController(Controller):
 
     @get("/conversations/{conversation_id:uuid}", summary="One conversation")
     async def get_conversation(
-        self, request: Request[CurrentAgent, object, object], db_session: AsyncSession, conversation_id: UUID
+        self, request: Request[CurrentAgent, object, object], db_session: DbSession, conversation_id: FromPath[UUID]
     ) -> ConversationOut:
         return await ConversationService(db_session).get_conversation(request.user.org_id, conversation_id)
 
     @post("/conversations/{conversation_id:uuid}/read", status_code=200, summary="Mark a conversation read")
     async def mark_read(
-        self, request: Request[CurrentAgent, object, object], db_session: AsyncSession, conversation_id: UUID
+        self, request: Request[CurrentAgent, object, object], db_session: DbSession, conversation_id: FromPath[UUID]
     ) -> ReadMarker:
         return await ConversationService(db_session).mark_read(request.user.org_id, conversation_id)
 
@@ -57,10 +57,10 @@ class ConversationController(Controller):
     async def list_messages(
         self,
         request: Request[CurrentAgent, object, object],
-        db_session: AsyncSession,
-        conversation_id: UUID,
-        before_seq: Annotated[int | None, Parameter(ge=1)] = None,
-        after_seq: Annotated[int | None, Parameter(ge=0)] = None,
+        db_session: DbSession,
+        conversation_id: FromPath[UUID],
+        before_seq: Annotated[int | None, QueryParameter(ge=1)] = None,
+        after_seq: Annotated[int | None, QueryParameter(ge=0)] = None,
         limit: PageLimit = 50,
     ) -> MessagePage:
         if before_seq is not None and after_seq is not None:

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from litestar import Controller, Request, get, post
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.params import FromPath
 
 from app.domain.gateways.base import WebhookRequest
 from app.domain.gateways.cloudapi.webhook import verify_subscription
 from app.domain.gateways.instances import credentials_of
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.gateways.service import WebhookService
+from app.lib.deps import DbSession
 
 
 class WebhookController(Controller):
@@ -17,7 +18,7 @@ class WebhookController(Controller):
     tags = ["webhooks"]
 
     @post("/{gateway:str}/{instance:str}", status_code=200, summary="Receive a gateway webhook")
-    async def receive(self, request: Request, gateway: str, instance: str, db_session: AsyncSession) -> WebhookAck:
+    async def receive(self, request: Request, gateway: FromPath[str], instance: FromPath[str], db_session: DbSession) -> WebhookAck:
         webhook = WebhookRequest(
             body=await request.body(), headers=request.headers, query=dict(request.query_params)
         )
@@ -35,8 +36,8 @@ class WebhookController(Controller):
     async def cloudapi_handshake(
         self,
         request: Request,
-        instance: str,
-        db_session: AsyncSession,
+        instance: FromPath[str],
+        db_session: DbSession,
     ) -> str:
         found = await WebhookService(db_session).find_instance("cloudapi", instance)
         return verify_subscription(dict(request.query_params), credentials_of(found))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get
-from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.lib.deps import DbSession, RedisClient
 from app.lib.schema import Schema
 
 
@@ -24,7 +23,7 @@ class HealthController(Controller):
         return Health(status="ok")
 
     @get("/ready", summary="Postgres and Redis answer; 503 otherwise")
-    async def ready(self, db_session: AsyncSession, redis: Redis) -> Response[Health]:
+    async def ready(self, db_session: DbSession, redis: RedisClient) -> Response[Health]:
         database = redis_state = "ok"
         try:
             await db_session.execute(text("SELECT 1"))

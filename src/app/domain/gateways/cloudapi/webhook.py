@@ -233,5 +233,5 @@ def _location_text(location: CloudLocation | None) -> str | None:
 
 
 def _describe(errors: list[CloudError]) -> str | None:
-    parts = [f"{error.message or error.title} ({error.code})" for error in errors if error.message or error.title]
-    return "; ".join(parts) or None
+    described = [(error.message or error.title, error.code) for error in errors]
+    return "; ".join(f"{text} ({code})" for text, code in described if text) or None
