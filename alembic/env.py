@@ -13,14 +13,14 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.config import _load_dotenv, normalise_database_url
+from app.config import load_dotenv, normalise_database_url
 from app.db.models import metadata
 
 config = context.config
 
 
 def _database_url() -> str:
-    _load_dotenv()
+    load_dotenv()
     url = config.attributes.get("database_url") or os.environ.get("DATABASE_URL")
     if not url:
         raise SystemExit("DATABASE_URL is not set (use `just migrate`, which starts the embedded database if needed)")

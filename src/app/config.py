@@ -32,7 +32,7 @@ def _env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _load_dotenv(path: Path = Path(".env")) -> None:
+def load_dotenv(path: Path = Path(".env")) -> None:
     """Read KEY=VALUE lines into the environment without overriding what is already set."""
     if not path.is_file():
         return
@@ -100,7 +100,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        _load_dotenv()
+        load_dotenv()
         environment = _env("APP_ENV", "dev") or "dev"
         jwt_secret = _env("JWT_SECRET")
         if jwt_secret is None:

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from app.config import load_dotenv
 from app.lib.embedded import EmbeddedServiceError, describe, dev_services
 
-STATE_DIR = Path(".dev")
+DEFAULT_STATE_DIR = ".dev"
 STOP_TIMEOUT = 10.0
 
 
@@ -46,6 +47,7 @@ def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 def main() -> None:
+    load_dotenv()
     try:
         _serve()
     except EmbeddedServiceError as exc:
@@ -59,7 +61,7 @@ def _serve() -> None:
     def _request_stop(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
 
-    with dev_services(STATE_DIR, ephemeral=False) as urls:
+    with dev_services(Path(os.environ.get("DEV_STATE_DIR", DEFAULT_STATE_DIR)), ephemeral=False) as urls:
         env = {**os.environ, "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url}
         print("\n".join(describe(urls)), flush=True)
         _migrate(env)

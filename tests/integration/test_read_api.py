@@ -59,7 +59,7 @@ async def test_routes_require_a_valid_token(client: Client, session: AsyncSessio
         algorithm="HS256",
     )
     forged = jwt.encode(
-        {**claims, "exp": datetime.now(UTC) + timedelta(hours=1)}, "not-the-server-secret", algorithm="HS256"
+        {**claims, "exp": datetime.now(UTC) + timedelta(hours=1)}, "not-the-server-secret-but-long-enough-for-hs256", algorithm="HS256"
     )
     for token in (expired, forged, "garbage"):
         response = await client.get(

