@@ -40,7 +40,8 @@ def message_from(name: str) -> InboundMessage:
 
 
 def first_message(name: str) -> dict[str, object]:
-    message: dict[str, object] = load_fixture_json("cloudapi", name)["entry"][0]["changes"][0]["value"]["messages"][0]
+    value = load_fixture_json("cloudapi", name)["entry"][0]["changes"][0]["value"]
+    message: dict[str, object] = value["messages"][0]
     return message
 
 
@@ -69,7 +70,9 @@ def test_text_message() -> None:
         ("inbound_sticker", MessageType.STICKER, None, None),
     ],
 )
-def test_media_messages(fixture: str, message_type: MessageType, caption: str | None, filename: str | None) -> None:
+def test_media_messages(
+    fixture: str, message_type: MessageType, caption: str | None, filename: str | None
+) -> None:
     media_object = first_message(fixture)[message_type.value]
     assert isinstance(media_object, dict)
     message = message_from(fixture)
@@ -82,7 +85,8 @@ def test_media_messages(fixture: str, message_type: MessageType, caption: str | 
     assert message.media.filename == filename
     assert message.media.inline_base64 is None  # the Cloud API never inlines files
     assert message.media.url == media_object.get("url")
-    assert message.media.sha256 is not None and len(message.media.sha256) == 64
+    assert message.media.sha256 is not None
+    assert len(message.media.sha256) == 64
 
 
 def test_media_hash_in_base64_becomes_hex() -> None:
@@ -138,6 +142,7 @@ def test_status_delivered() -> None:
         chat_id=CUSTOMER,
         status=MessageStatus.DELIVERED,
         at=datetime.fromtimestamp(1750263773, tz=UTC),
+        account="106540352242922",
     )
 
 
@@ -184,7 +189,8 @@ def test_one_body_with_several_messages_and_statuses() -> None:
         ("wamid.BATCH.OUT.1", MessageStatus.DELIVERED),
         ("wamid.BATCH.OUT.2", MessageStatus.READ),
     ]
-    assert messages[1].raw is not None and messages[1].raw["id"] == "wamid.BATCH.IN.2"
+    assert messages[1].raw is not None
+    assert messages[1].raw["id"] == "wamid.BATCH.IN.2"
 
 
 def test_other_fields_are_ignored() -> None:
@@ -244,7 +250,9 @@ def signed(body: bytes, secret: str = APP_SECRET) -> str:
 
 def test_signature_accepted() -> None:
     body = load_fixture("cloudapi", "inbound_text")
-    adapter.verify(WebhookRequest(body=body, headers={"x-hub-signature-256": signed(body)}, query={}), INSTANCE)
+    adapter.verify(
+        WebhookRequest(body=body, headers={"x-hub-signature-256": signed(body)}, query={}), INSTANCE
+    )
 
 
 def test_signature_accepts_upper_case_hex_and_header_name() -> None:
@@ -282,7 +290,9 @@ def test_signature_of_another_body_or_secret_rejected() -> None:
     assert tampered != body
     for header in (signed(tampered), signed(body, "another-app-secret")):
         with pytest.raises(WebhookUnauthorized):
-            adapter.verify(WebhookRequest(body=body, headers={"x-hub-signature-256": header}, query={}), INSTANCE)
+            adapter.verify(
+                WebhookRequest(body=body, headers={"x-hub-signature-256": header}, query={}), INSTANCE
+            )
 
 
 def handshake(**overrides: str) -> dict[str, str]:

@@ -103,7 +103,12 @@ def test_missing_timestamp_falls_back_to_envelope_time() -> None:
     [
         ("v2_messages_upsert_image_base64", MessageType.IMAGE, "Esse modelo aqui", None),
         ("v2_messages_upsert_document_base64", MessageType.DOCUMENT, "Segue a nota", "nota-fiscal-marco.pdf"),
-        ("v1_messages_upsert_document_wrapped", MessageType.DOCUMENT, "Orçamento atualizado", "orcamento.pdf"),
+        (
+            "v1_messages_upsert_document_wrapped",
+            MessageType.DOCUMENT,
+            "Orçamento atualizado",
+            "orcamento.pdf",
+        ),
     ],
 )
 def test_media_with_inline_base64(
@@ -143,8 +148,10 @@ def test_media_without_inline_base64(
     assert message.media.gateway_ref == message.gateway_message_id
     assert message.media.mime_type == mime_type
     assert message.media.inline_base64 is None
-    assert message.media.size_bytes is not None and message.media.size_bytes > 0
-    assert message.media.sha256 is not None and len(message.media.sha256) == 64
+    assert message.media.size_bytes is not None
+    assert message.media.size_bytes > 0
+    assert message.media.sha256 is not None
+    assert len(message.media.sha256) == 64
 
 
 def test_audio_size_from_protobuf_long() -> None:
@@ -231,6 +238,7 @@ def test_update_v2_read() -> None:
         chat_id=CUSTOMER,
         status=MessageStatus.READ,
         at=datetime(2025, 3, 14, 13, 6, 2, 456000, tzinfo=UTC),
+        account="loja-centro",
     )
 
 
@@ -242,6 +250,7 @@ def test_update_v1_delivery() -> None:
         chat_id=CUSTOMER,
         status=MessageStatus.DELIVERED,
         at=datetime.fromtimestamp(1717607461.234, tz=UTC),
+        account="loja-centro",
     )
 
 
@@ -322,7 +331,7 @@ def test_malformed_json_is_rejected_400(body: bytes) -> None:
         b'{"event": "messages.upsert", "data": null}',
         b'{"event": "messages.upsert", "data": {"key": {"remoteJid": "5511999990000@s.whatsapp.net"}}}',
         b'{"event": "messages.upsert", "data": {"message": {"conversation": "oi"}}}',
-        b'{"event": "messages.update", "data": {"remoteJid": "5511999990000@s.whatsapp.net", "status": "READ"}}',
+        b'{"event": "messages.update", "data": {"remoteJid": "5511999990000@c.us", "status": "READ"}}',
         b'{"event": "messages.update", "data": "READ"}',
     ],
 )

@@ -205,6 +205,7 @@ def test_ack_maps_to_status(ack: int, status: MessageStatus) -> None:
         gateway_message_id="true_5511999990000@c.us_3EB0B0B1B2B3B4B5B6B7",
         chat_id=CUSTOMER,
         status=status,
+        account="loja-centro",
     )
 
 
@@ -265,7 +266,8 @@ def test_vcard_is_other_with_its_text() -> None:
 
     assert isinstance(event, InboundMessage)
     assert event.type is MessageType.OTHER
-    assert event.body is not None and "João Pereira" in event.body
+    assert event.body is not None
+    assert "João Pereira" in event.body
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"", b"\xff\xfe"])
@@ -296,7 +298,9 @@ def test_wrong_shape_is_rejected_422(body: bytes) -> None:
 
 
 def request(headers: dict[str, str] | None = None, query: dict[str, str] | None = None) -> WebhookRequest:
-    return WebhookRequest(body=load_fixture("wppconnect", "onmessage_text"), headers=headers or {}, query=query or {})
+    return WebhookRequest(
+        body=load_fixture("wppconnect", "onmessage_text"), headers=headers or {}, query=query or {}
+    )
 
 
 @pytest.mark.parametrize(
@@ -333,4 +337,6 @@ def test_verify_rejects_missing_or_wrong_secret(webhook: WebhookRequest) -> None
 
 def test_verify_refuses_instance_without_secret() -> None:
     with pytest.raises(WebhookUnauthorized):
-        adapter.verify(request(headers={"x-webhook-secret": ""}), InstanceCredentials(name="x", webhook_secret=""))
+        adapter.verify(
+            request(headers={"x-webhook-secret": ""}), InstanceCredentials(name="x", webhook_secret="")
+        )

@@ -9,6 +9,7 @@ from app.domain.gateways.instances import credentials_of
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.gateways.service import WebhookService
 from app.lib.deps import DbSession
+from app.lib.errors import problem
 
 
 class WebhookController(Controller):
@@ -32,12 +33,12 @@ class WebhookController(Controller):
             ignored=result.ignored,
         )
 
-    @get("/cloudapi/{instance:str}", media_type="text/plain", summary="Cloud API subscription handshake")
+    @get("/{gateway:str}/{instance:str}", media_type="text/plain", summary="Cloud API subscription handshake")
     async def cloudapi_handshake(
-        self,
-        request: Request,
-        instance: FromPath[str],
-        db_session: DbSession,
+        self, request: Request, gateway: FromPath[str], instance: FromPath[str], db_session: DbSession
     ) -> str:
-        found = await WebhookService(db_session).find_instance("cloudapi", instance)
+        # Same path as the POST (a static "cloudapi" segment would shadow it); only Cloud API has a handshake.
+        if gateway != "cloudapi":
+            raise problem(404, f"no GET handshake for gateway '{gateway}'")
+        found = await WebhookService(db_session).find_instance(gateway, instance)
         return verify_subscription(dict(request.query_params), credentials_of(found))

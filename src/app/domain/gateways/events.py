@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -70,7 +71,10 @@ class InboundMessage(msgspec.Struct, frozen=True, kw_only=True, tag="message", t
     sent_at: datetime
     status: MessageStatus
     media: MediaRef | None = None
-    raw: dict | None = None  # this message's part of the webhook body, stored as JSONB
+    raw: dict[str, Any] | None = None  # this message's part of the webhook body, stored as JSONB
+    # The gateway account the payload says it is for (WPPConnect session, Evolution instance, Cloud API
+    # phone_number_id); checked against the instance in the URL so one instance cannot write as another.
+    account: str | None = None
 
 
 class StatusUpdate(msgspec.Struct, frozen=True, kw_only=True, tag="status", tag_field="kind"):
@@ -80,6 +84,7 @@ class StatusUpdate(msgspec.Struct, frozen=True, kw_only=True, tag="status", tag_
     chat_id: str | None
     status: MessageStatus
     at: datetime | None = None
+    account: str | None = None  # as on InboundMessage
 
 
 class IgnoredEvent(msgspec.Struct, frozen=True, kw_only=True, tag="ignored", tag_field="kind"):
@@ -90,3 +95,13 @@ class IgnoredEvent(msgspec.Struct, frozen=True, kw_only=True, tag="ignored", tag
 
 
 GatewayEvent = InboundMessage | StatusUpdate | IgnoredEvent
+
+
+def addressed_to(events: list[GatewayEvent], account: str | None) -> list[GatewayEvent]:
+    """The events, each stamped with the account the payload names (None: the payload names none)."""
+    if not account:
+        return events
+    return [
+        msgspec.structs.replace(event, account=account) if not isinstance(event, IgnoredEvent) else event
+        for event in events
+    ]

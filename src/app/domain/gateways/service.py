@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import GatewayKind, WhatsAppInstance
 from app.domain.conversations.ingest import IngestResult, IngestService
 from app.domain.gateways.base import WebhookRequest
+from app.domain.gateways.events import GatewayEvent, IgnoredEvent
 from app.domain.gateways.instances import InstanceService, credentials_of
 from app.domain.gateways.registry import get_adapter
 from app.lib.errors import problem
@@ -31,6 +32,19 @@ class Received:
 def _sqlstate(exc: DBAPIError) -> str | None:
     orig = exc.orig
     return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+
+
+def _reject_foreign_accounts(instance: WhatsAppInstance, events: list[GatewayEvent]) -> None:
+    """A payload naming another gateway account is refused whole: one instance's secret must not let its
+    holder write into a conversation of another instance (or another organisation)."""
+    expected = instance.phone_number_id if instance.gateway is GatewayKind.CLOUDAPI else instance.name
+    if not expected:
+        return
+    foreign = sorted(
+        {e.account for e in events if not isinstance(e, IgnoredEvent) and e.account and e.account != expected}
+    )
+    if foreign:
+        raise problem(422, f"payload is addressed to {', '.join(foreign)}, not to this instance")
 
 
 class WebhookService:
@@ -54,6 +68,7 @@ class WebhookService:
         instance = await self.find_instance(gateway, instance_name)
         adapter.verify(request, credentials_of(instance))
         events = adapter.parse(request.body)
+        _reject_foreign_accounts(instance, events)
         org_id, instance_id = instance.org_id, instance.id
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:

@@ -29,8 +29,8 @@ _BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*")
 def decode_or_reject(decoder: msgspec.json.Decoder[T], payload: bytes | msgspec.Raw, what: str) -> T:
     """Decode with a typed decoder; broken JSON is a 400, JSON of the wrong shape a 422.
 
-    msgspec's messages name the path and the expected type, never the offending value, so they are safe
-    to hand back to the caller.
+    For the schemas here (no enums or literals) msgspec's messages name the path and the expected type,
+    never the offending value, so they are safe to hand back to the caller.
     """
     try:
         return decoder.decode(payload)

@@ -113,7 +113,13 @@ class CloudStatus(_Schema):
     errors: list[CloudError] = []
 
 
+class CloudMetadata(_Schema):
+    phone_number_id: str | None = None
+    display_phone_number: str | None = None
+
+
 class CloudMessagesValue(_Schema):
+    metadata: CloudMetadata | None = None
     contacts: list[CloudContact] = []
     messages: list[CloudMessage] = []
     message_echoes: list[CloudMessage] = []

@@ -33,6 +33,7 @@ from app.domain.gateways.events import (
     MessageStatus,
     MessageType,
     StatusUpdate,
+    addressed_to,
 )
 from app.domain.gateways.webhook_helpers import (
     decode_or_reject,
@@ -138,6 +139,7 @@ def _change_events(change: CloudChange) -> list[GatewayEvent]:
     for echo, raw in zip(value.message_echoes, raw_value.get("message_echoes", []), strict=True):
         events.append(_message(echo, raw, change.field, names, own=True))
     events += [_status(status, change.field) for status in value.statuses]
+    events = addressed_to(events, value.metadata.phone_number_id if value.metadata else None)
     if not events:
         # e.g. a value that only reports errors (rate limits, unsupported payloads)
         reason = _describe(value.errors) or "no messages or statuses"

@@ -169,4 +169,3 @@ webhook_decoder = msgspec.json.Decoder(EvolutionWebhook)
 upsert_decoder = msgspec.json.Decoder(EvolutionMessageRecord | list[EvolutionMessageRecord])
 update_decoder = msgspec.json.Decoder(EvolutionStatusRecord | list[EvolutionStatusRecord])
 apikey_decoder = msgspec.json.Decoder(EvolutionApiKey)
-

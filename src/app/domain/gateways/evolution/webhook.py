@@ -24,6 +24,7 @@ from app.domain.gateways.events import (
     MessageStatus,
     MessageType,
     StatusUpdate,
+    addressed_to,
 )
 from app.domain.gateways.evolution.schemas import (
     EvolutionContent,
@@ -86,16 +87,16 @@ def parse_webhook(body: bytes) -> list[GatewayEvent]:
     webhook = decode_or_reject(webhook_decoder, body, "Evolution webhook")
     event = canonical_event(webhook.event)
     if event == "messages.upsert":
-        return _messages(webhook, event)
+        return addressed_to(_messages(webhook, event), webhook.instance)
     if event == "messages.update":
-        return _receipts(webhook, event)
+        return addressed_to(_receipts(webhook, event), webhook.instance)
     if event == "send.message":
         return [IgnoredEvent(event=event, reason="sent through the Evolution API; recorded by the sender")]
     return [IgnoredEvent(event=event, reason="event not handled")]
 
 
 def canonical_event(name: str) -> str:
-    """"MESSAGES_UPSERT" and "messages-upsert" (webhook-by-events setups) → "messages.upsert"."""
+    """Spell the event as Evolution's docs do: MESSAGES_UPSERT and messages-upsert → messages.upsert."""
     return name.strip().lower().replace("_", ".").replace("-", ".")
 
 

@@ -22,6 +22,7 @@ from app.domain.gateways.events import (
     MessageStatus,
     MessageType,
     StatusUpdate,
+    addressed_to,
 )
 from app.domain.gateways.webhook_helpers import (
     base64_decoded_size,
@@ -94,9 +95,9 @@ def parse_webhook(body: bytes) -> list[GatewayEvent]:
     webhook = decode_or_reject(webhook_decoder, body, "WPPConnect webhook")
     event = webhook.event.lower()
     if event in MESSAGE_EVENTS:
-        return [_message_event(webhook, body)]
+        return addressed_to([_message_event(webhook, body)], webhook.session)
     if event == ACK_EVENT:
-        return [_ack_event(webhook)]
+        return addressed_to([_ack_event(webhook)], webhook.session)
     return [IgnoredEvent(event=webhook.event, reason="event not handled")]
 
 
