@@ -23,7 +23,9 @@ def _database_url() -> str:
     load_dotenv()
     url = config.attributes.get("database_url") or os.environ.get("DATABASE_URL")
     if not url:
-        raise SystemExit("DATABASE_URL is not set (use `just migrate`, which starts the embedded database if needed)")
+        raise SystemExit(
+            "DATABASE_URL is not set (use `just migrate`, which starts the embedded database if needed)"
+        )
     return normalise_database_url(url)
 
 

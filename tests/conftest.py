@@ -23,7 +23,14 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from app.config import AppSettings, AuthSettings, DatabaseSettings, RedisSettings, Settings, normalise_database_url
+from app.config import (
+    AppSettings,
+    AuthSettings,
+    DatabaseSettings,
+    RedisSettings,
+    Settings,
+    normalise_database_url,
+)
 from app.lib.embedded import dev_services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +42,10 @@ def _plain_dsn(url: str) -> str:
 
 @pytest.fixture(scope="session")
 def service_urls() -> Iterator[tuple[str, str]]:
-    with tempfile.TemporaryDirectory(prefix="crm-test-") as state, dev_services(Path(state), ephemeral=True) as urls:
+    with (
+        tempfile.TemporaryDirectory(prefix="crm-test-") as state,
+        dev_services(Path(state), ephemeral=True) as urls,
+    ):
         yield urls.database_url, urls.redis_url
 
 
@@ -74,7 +84,9 @@ def redis_url(service_urls: tuple[str, str]) -> str:
 @pytest.fixture(scope="session")
 def settings(database_url: str, redis_url: str) -> Settings:
     return Settings(
-        app=AppSettings(environment="test", log_level=os.environ.get("TEST_LOG_LEVEL", "WARNING"), log_json=True),
+        app=AppSettings(
+            environment="test", log_level=os.environ.get("TEST_LOG_LEVEL", "WARNING"), log_json=True
+        ),
         db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=20),
         redis=RedisSettings(url=redis_url),
         auth=AuthSettings(jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=600),

@@ -1,4 +1,4 @@
-"""polyfactory factories for the models, and a `Tenant` builder: an org with agents and one instance per gateway."""
+"""polyfactory factories for the models, and `create_tenant`: an org, two agents, one instance per gateway."""
 
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ import hmac
 import json
 from typing import Any
 
+from httpx import Response
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from httpx import Response
 
 from app.db.models import WhatsAppInstance
 from tests.fixtures import load_fixture_json
@@ -26,7 +26,9 @@ def retarget(gateway: str, data: Any, instance: WhatsAppInstance) -> Any:
     else:
         for entry in data.get("entry", []):
             for change in entry.get("changes", []):
-                change.get("value", {}).setdefault("metadata", {})["phone_number_id"] = instance.phone_number_id
+                change.get("value", {}).setdefault("metadata", {})["phone_number_id"] = (
+                    instance.phone_number_id
+                )
     return data
 
 

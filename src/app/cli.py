@@ -1,9 +1,9 @@
 """`app` command line: bootstrap organisations, agents and instances, and load demo data.
 
-    app admin create-org "Acme Support"
-    app admin create-agent --org acme-support --email ana@acme.test --name Ana --role admin
-    app admin create-instance --org acme-support --gateway evolution --name acme-main --json
-    app demo-data
+app admin create-org "Acme Support"
+app admin create-agent --org acme-support --email ana@acme.test --name Ana --role admin
+app admin create-instance --org acme-support --gateway evolution --name acme-main --json
+app demo-data
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ class DatabaseSettings:
     pool_size: int = 20
     max_overflow: int = 10
     pool_timeout: float = 10.0
-    # Supabase's transaction pooler (port 6543) cannot keep prepared statements: set DB_STATEMENT_CACHE_SIZE=0.
+    # Supabase's transaction pooler (port 6543) cannot keep prepared statements:
+    # set DB_STATEMENT_CACHE_SIZE=0 there.
     statement_cache_size: int | None = None
     echo: bool = False
 

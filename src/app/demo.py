@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import AgentRole, GatewayKind
 from app.domain.accounts.services import AgentService, OrganizationService
 from app.domain.conversations.ingest import IngestService
-from app.domain.gateways.instances import InstanceService
 from app.domain.gateways.events import Direction, InboundMessage, MessageStatus, MessageType
+from app.domain.gateways.instances import InstanceService
 
 _CHATS = [
     ("5511987654321", "Maria Silva", ["Olá! Gostaria de agendar uma consulta.", "Pode ser amanhã às 10h?"]),

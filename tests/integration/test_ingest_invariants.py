@@ -14,15 +14,21 @@ from tests.events import image_message, status, text_message
 from tests.factories import Tenant, create_tenant
 
 
-async def _apply(engine: AsyncEngine, tenant: Tenant, events: list[GatewayEvent], gateway: str = "wppconnect"):
+async def _apply(
+    engine: AsyncEngine, tenant: Tenant, events: list[GatewayEvent], gateway: str = "wppconnect"
+):
     instance = tenant.instance(gateway)
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-        result = await IngestService(session).apply(org_id=tenant.org_id, instance_id=instance.id, events=events)
+        result = await IngestService(session).apply(
+            org_id=tenant.org_id, instance_id=instance.id, events=events
+        )
         await session.commit()
         return result
 
 
-async def test_text_message_creates_contact_conversation_and_message(engine: AsyncEngine, session: AsyncSession):
+async def test_text_message_creates_contact_conversation_and_message(
+    engine: AsyncEngine, session: AsyncSession
+):
     tenant = await create_tenant(session)
     message = text_message("5511911112222", "oi", contact_name="Ana")
     result = await _apply(engine, tenant, [message])
@@ -30,12 +36,18 @@ async def test_text_message_creates_contact_conversation_and_message(engine: Asy
     assert len(result.created) == 1 and result.created[0].seq == 1
     conversation = await session.get(Conversation, result.created[0].conversation_id)
     assert conversation is not None
-    assert (conversation.last_seq, conversation.unread_count, conversation.last_message_preview) == (1, 1, "oi")
+    assert (conversation.last_seq, conversation.unread_count, conversation.last_message_preview) == (
+        1,
+        1,
+        "oi",
+    )
     contact = await session.get(Contact, conversation.contact_id)
     assert contact is not None and (contact.wa_id, contact.name) == ("5511911112222", "Ana")
 
 
-async def test_duplicate_delivered_ten_times_concurrently_is_one_row(engine: AsyncEngine, session: AsyncSession):
+async def test_duplicate_delivered_ten_times_concurrently_is_one_row(
+    engine: AsyncEngine, session: AsyncSession
+):
     tenant = await create_tenant(session)
     message = text_message(gateway_message_id="DUP-1")
     results = await asyncio.gather(*(_apply(engine, tenant, [message]) for _ in range(10)))
@@ -74,7 +86,9 @@ async def test_status_only_moves_forward(engine: AsyncEngine, session: AsyncSess
 
     async def current() -> MessageStatus:
         session.expire_all()
-        return (await session.scalars(select(Message.status).where(Message.gateway_message_id == "OUT-1"))).one()
+        return (
+            await session.scalars(select(Message.status).where(Message.gateway_message_id == "OUT-1"))
+        ).one()
 
     result = await _apply(engine, tenant, [status("OUT-1", MessageStatus.READ)])
     assert len(result.statuses) == 1 and await current() is MessageStatus.READ
@@ -84,15 +98,19 @@ async def test_status_only_moves_forward(engine: AsyncEngine, session: AsyncSess
         assert await current() is MessageStatus.READ
 
 
-async def test_status_of_inbound_or_unknown_message_changes_nothing(engine: AsyncEngine, session: AsyncSession):
+async def test_status_of_inbound_or_unknown_message_changes_nothing(
+    engine: AsyncEngine, session: AsyncSession
+):
     tenant = await create_tenant(session)
     inbound = text_message(gateway_message_id="IN-1")
     await _apply(engine, tenant, [inbound])
-    result = await _apply(engine, tenant, [status("IN-1", MessageStatus.READ), status("NOPE", MessageStatus.READ)])
-    assert result.statuses == [] and result.stale_statuses == 2
-    assert (await session.scalars(select(Message.status).where(Message.gateway_message_id == "IN-1"))).one() is (
-        MessageStatus.RECEIVED
+    result = await _apply(
+        engine, tenant, [status("IN-1", MessageStatus.READ), status("NOPE", MessageStatus.READ)]
     )
+    assert result.statuses == [] and result.stale_statuses == 2
+    assert (
+        await session.scalars(select(Message.status).where(Message.gateway_message_id == "IN-1"))
+    ).one() is (MessageStatus.RECEIVED)
 
 
 async def test_failed_applies_from_sent_but_not_from_delivered(engine: AsyncEngine, session: AsyncSession):
@@ -100,15 +118,21 @@ async def test_failed_applies_from_sent_but_not_from_delivered(engine: AsyncEngi
     await _apply(engine, tenant, [text_message(gateway_message_id="A", direction=Direction.OUTBOUND)])
     await _apply(engine, tenant, [text_message(gateway_message_id="B", direction=Direction.OUTBOUND)])
     await _apply(engine, tenant, [status("B", MessageStatus.DELIVERED)])
-    result = await _apply(engine, tenant, [status("A", MessageStatus.FAILED), status("B", MessageStatus.FAILED)])
+    result = await _apply(
+        engine, tenant, [status("A", MessageStatus.FAILED), status("B", MessageStatus.FAILED)]
+    )
     assert [s.status for s in result.statuses] == [MessageStatus.FAILED]
     assert result.stale_statuses == 1
 
 
-async def test_own_message_from_phone_is_outbound_and_clears_unread(engine: AsyncEngine, session: AsyncSession):
+async def test_own_message_from_phone_is_outbound_and_clears_unread(
+    engine: AsyncEngine, session: AsyncSession
+):
     tenant = await create_tenant(session)
     await _apply(engine, tenant, [text_message("5511955556666", "pergunta", contact_name="Bia")])
-    reply = text_message("5511955556666", "resposta", direction=Direction.OUTBOUND, contact_name="Our Business")
+    reply = text_message(
+        "5511955556666", "resposta", direction=Direction.OUTBOUND, contact_name="Our Business"
+    )
     result = await _apply(engine, tenant, [reply])
 
     conversation = await session.get(Conversation, result.created[0].conversation_id)

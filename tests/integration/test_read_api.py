@@ -43,7 +43,9 @@ async def test_login_rejects_wrong_password_and_unknown_email(client: Client, se
 
 
 async def test_login_rejects_malformed_body(client: Client):
-    response = await client.post("/api/auth/login", content=b"{not json", headers={"content-type": "application/json"})
+    response = await client.post(
+        "/api/auth/login", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["status"] == 400
 
@@ -54,12 +56,18 @@ async def test_routes_require_a_valid_token(client: Client, session: AsyncSessio
 
     claims = {"sub": str(tenant.agent.id), "org_id": str(tenant.org_id), "role": "agent"}
     expired = jwt.encode(
-        {**claims, "exp": datetime.now(UTC) - timedelta(minutes=1), "iat": datetime.now(UTC) - timedelta(hours=1)},
+        {
+            **claims,
+            "exp": datetime.now(UTC) - timedelta(minutes=1),
+            "iat": datetime.now(UTC) - timedelta(hours=1),
+        },
         settings.auth.jwt_secret,
         algorithm="HS256",
     )
     forged = jwt.encode(
-        {**claims, "exp": datetime.now(UTC) + timedelta(hours=1)}, "not-the-server-secret-but-long-enough-for-hs256", algorithm="HS256"
+        {**claims, "exp": datetime.now(UTC) + timedelta(hours=1)},
+        "not-the-server-secret-but-long-enough-for-hs256",
+        algorithm="HS256",
     )
     for token in (expired, forged, "garbage"):
         response = await client.get(
@@ -75,14 +83,20 @@ async def test_conversation_list_orders_by_activity_and_pages_by_cursor(
     tenant = await create_tenant(session)
     base = datetime.now(UTC) - timedelta(hours=1)
     for i in range(7):
-        await ingest(engine, tenant, [text_message(f"55119000000{i:02d}", f"hi {i}", sent_at=base + timedelta(minutes=i))])
+        await ingest(
+            engine,
+            tenant,
+            [text_message(f"55119000000{i:02d}", f"hi {i}", sent_at=base + timedelta(minutes=i))],
+        )
     headers = await login(client, tenant.agent.email)
 
     seen: list[str] = []
     cursor = None
     while True:
         params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
-        page = (await client.get("/api/whatsapp-optimized/conversations", params=params, headers=headers)).json()
+        page = (
+            await client.get("/api/whatsapp-optimized/conversations", params=params, headers=headers)
+        ).json()
         seen += [item["last_message_preview"] for item in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -113,7 +127,9 @@ async def test_conversation_filters(client: Client, session: AsyncSession, engin
     ).json()["items"]
     assert other_instance == []
     by_status = (
-        await client.get("/api/whatsapp-optimized/conversations", params={"status": "closed"}, headers=headers)
+        await client.get(
+            "/api/whatsapp-optimized/conversations", params={"status": "closed"}, headers=headers
+        )
     ).json()["items"]
     assert by_status == []
 
@@ -124,9 +140,9 @@ async def test_history_walks_1000_messages_both_ways_without_gap_or_repeat(
     tenant = await create_tenant(session)
     await ingest(engine, tenant, [text_message("5511000001000", f"m{i}") for i in range(1000)])
     headers = await login(client, tenant.agent.email)
-    conversation_id = (await client.get("/api/whatsapp-optimized/conversations", headers=headers)).json()["items"][
-        0
-    ]["id"]
+    conversation_id = (await client.get("/api/whatsapp-optimized/conversations", headers=headers)).json()[
+        "items"
+    ][0]["id"]
     url = f"/api/whatsapp-optimized/messages/{conversation_id}"
 
     backwards: list[int] = []
@@ -137,7 +153,9 @@ async def test_history_walks_1000_messages_both_ways_without_gap_or_repeat(
         if not page["has_more_before"]:
             break
         page = (
-            await client.get(url, params={"limit": 100, "before_seq": page["items"][0]["seq"]}, headers=headers)
+            await client.get(
+                url, params={"limit": 100, "before_seq": page["items"][0]["seq"]}, headers=headers
+            )
         ).json()
     assert backwards == list(range(1, 1001))
 
@@ -157,25 +175,29 @@ async def test_history_rejects_bad_paging_input(client: Client, session: AsyncSe
     tenant = await create_tenant(session)
     await ingest(engine, tenant, [text_message("5511000002000", "x")])
     headers = await login(client, tenant.agent.email)
-    conversation_id = (await client.get("/api/whatsapp-optimized/conversations", headers=headers)).json()["items"][
-        0
-    ]["id"]
+    conversation_id = (await client.get("/api/whatsapp-optimized/conversations", headers=headers)).json()[
+        "items"
+    ][0]["id"]
     url = f"/api/whatsapp-optimized/messages/{conversation_id}"
     for params in ({"limit": 101}, {"limit": 0}, {"before_seq": 5, "after_seq": 1}, {"before_seq": "x"}):
         response = await client.get(url, params=params, headers=headers)
         assert response.status_code == 400, params
         assert response.headers["content-type"].startswith("application/problem+json")
-    bad_cursor = await client.get("/api/whatsapp-optimized/conversations", params={"cursor": "!!"}, headers=headers)
+    bad_cursor = await client.get(
+        "/api/whatsapp-optimized/conversations", params={"cursor": "!!"}, headers=headers
+    )
     assert bad_cursor.status_code == 400
 
 
-async def test_other_organisations_conversation_is_404(client: Client, session: AsyncSession, engine: AsyncEngine):
+async def test_other_organisations_conversation_is_404(
+    client: Client, session: AsyncSession, engine: AsyncEngine
+):
     ours, theirs = await create_tenant(session), await create_tenant(session)
     await ingest(engine, theirs, [text_message("5511000003000", "secret business")])
     their_headers = await login(client, theirs.agent.email)
-    their_id = (await client.get("/api/whatsapp-optimized/conversations", headers=their_headers)).json()["items"][0][
-        "id"
-    ]
+    their_id = (await client.get("/api/whatsapp-optimized/conversations", headers=their_headers)).json()[
+        "items"
+    ][0]["id"]
     headers = await login(client, ours.agent.email)
 
     listing = (await client.get("/api/whatsapp-optimized/conversations", headers=headers)).json()

@@ -24,7 +24,9 @@ TEXT = {"wppconnect": "onmessage_text", "evolution": "v2_messages_upsert_text", 
 async def rows_of(session: AsyncSession, tenant: Tenant) -> tuple[int, int, int]:
     counts = []
     for model in (Message, Conversation, Contact):
-        counts.append(await session.scalar(select(func.count()).select_from(model).where(model.org_id == tenant.org_id)))
+        counts.append(
+            await session.scalar(select(func.count()).select_from(model).where(model.org_id == tenant.org_id))
+        )
     return tuple(counts)  # type: ignore[return-value]
 
 
@@ -80,7 +82,9 @@ async def test_unknown_instance_is_404(client: Client, session: AsyncSession, ga
     instance = tenant.instance(gateway)
     body = json.dumps(fixture_for(gateway, TEXT[gateway], instance)).encode()
     response = await client.post(
-        f"/api/webhooks/{gateway}/no-such-instance", content=body, headers=signed_headers(gateway, body, instance)
+        f"/api/webhooks/{gateway}/no-such-instance",
+        content=body,
+        headers=signed_headers(gateway, body, instance),
     )
     assert_problem(response, 404)
     assert await rows_of(session, tenant) == (0, 0, 0)
@@ -111,8 +115,14 @@ async def test_secret_of_another_instance_is_401(client: Client, session: AsyncS
     data = fixture_for("evolution", TEXT["evolution"], instance)
     data.pop("apikey", None)
     response = await post_webhook(
-        client, "evolution", instance, data,
-        headers={"content-type": "application/json", "x-webhook-secret": theirs.instance("evolution").webhook_secret},
+        client,
+        "evolution",
+        instance,
+        data,
+        headers={
+            "content-type": "application/json",
+            "x-webhook-secret": theirs.instance("evolution").webhook_secret,
+        },
     )
     assert_problem(response, 401)
     assert await rows_of(session, ours) == (0, 0, 0)
@@ -156,7 +166,9 @@ async def test_database_down_is_503_never_2xx(settings: Settings, session: Async
     # Port 9 (discard) on loopback: nothing listens, so every connection is refused.
     down = replace(settings, db=replace(settings.db, url="postgresql+asyncpg://postgres@127.0.0.1:9/nowhere"))
     async with AsyncTestClient(app=create_app(down)) as client:
-        response = await post_webhook(client, "wppconnect", instance, fixture_for("wppconnect", TEXT["wppconnect"], instance))
+        response = await post_webhook(
+            client, "wppconnect", instance, fixture_for("wppconnect", TEXT["wppconnect"], instance)
+        )
     assert_problem(response, 503, instance.webhook_secret)
     assert response.headers["retry-after"]
     assert await rows_of(session, tenant) == (0, 0, 0)

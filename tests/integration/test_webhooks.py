@@ -55,7 +55,9 @@ async def messages_of(session: AsyncSession, tenant: Tenant) -> list[Message]:
 async def test_text_message_is_persisted_before_200(client: Client, session: AsyncSession, gateway: str):
     tenant = await create_tenant(session)
     instance = tenant.instance(gateway)
-    response = await post_webhook(client, gateway, instance, fixture_for(gateway, TEXT_FIXTURES[gateway], instance))
+    response = await post_webhook(
+        client, gateway, instance, fixture_for(gateway, TEXT_FIXTURES[gateway], instance)
+    )
 
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "ok", "created": 1, "duplicates": 0, "statuses": 0, "ignored": 0}
@@ -156,8 +158,12 @@ async def test_unknown_event_is_acknowledged_and_ignored(client: Client, session
     body = {
         "wppconnect": {"event": "onpresencechanged", "session": instance.name, "id": "x"},
         "evolution": {"event": "connection.update", "instance": instance.name, "data": {"state": "open"}},
-        "cloudapi": {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
-            {"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT"}}]}]},
+        "cloudapi": {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {"id": "1", "changes": [{"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT"}}]}
+            ],
+        },
     }[gateway]
     response = await post_webhook(client, gateway, instance, body)
     assert response.status_code == 200, response.text
@@ -216,7 +222,12 @@ async def test_cloudapi_subscription_handshake(client: Client, session: AsyncSes
     instance = tenant.instance("cloudapi")
     url = f"/api/webhooks/cloudapi/{instance.name}"
     ok = await client.get(
-        url, params={"hub.mode": "subscribe", "hub.verify_token": instance.verify_token, "hub.challenge": "1158201444"}
+        url,
+        params={
+            "hub.mode": "subscribe",
+            "hub.verify_token": instance.verify_token,
+            "hub.challenge": "1158201444",
+        },
     )
     assert ok.status_code == 200 and ok.text == "1158201444"
     wrong = await client.get(

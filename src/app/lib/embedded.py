@@ -240,12 +240,17 @@ def _running_dev_services(state_dir: Path, dbname: str) -> tuple[str, str] | Non
         else:
             return None  # nobody holds it: this run will start the servers itself
     try:
-        pg_port, redis_port = ((state_dir / f"{name}.port").read_text().strip() for name in ("postgres", "redis"))
+        pg_port, redis_port = (
+            (state_dir / f"{name}.port").read_text().strip() for name in ("postgres", "redis")
+        )
     except OSError:
         return None
     if not _redis_pongs(int(redis_port)):
         raise EmbeddedServiceError(f"{state_dir} is held by another dev run whose Redis does not answer")
-    return f"postgresql+asyncpg://{PG_SUPERUSER}@127.0.0.1:{pg_port}/{dbname}", f"redis://127.0.0.1:{redis_port}/0"
+    return (
+        f"postgresql+asyncpg://{PG_SUPERUSER}@127.0.0.1:{pg_port}/{dbname}",
+        f"redis://127.0.0.1:{redis_port}/0",
+    )
 
 
 @contextmanager
@@ -257,7 +262,11 @@ def dev_services(state_dir: Path, *, ephemeral: bool, dbname: str = "crm") -> It
     """
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     own_postgres, own_redis = not database_url, not redis_url
-    if not ephemeral and (own_postgres or own_redis) and (running := _running_dev_services(state_dir, dbname)):
+    if (
+        not ephemeral
+        and (own_postgres or own_redis)
+        and (running := _running_dev_services(state_dir, dbname))
+    ):
         yield ServiceUrls(database_url or running[0], redis_url or running[1], own_postgres, own_redis)
         return
     with ExitStack() as stack:

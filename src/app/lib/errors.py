@@ -61,7 +61,9 @@ def _from_invalid_cursor(exc: InvalidCursor) -> ProblemDetailsException:
 
 def is_database_unavailable(exc: BaseException) -> bool:
     """Errors that mean "the database cannot take work now" (connection lost, refused, pool exhausted)."""
-    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError, OSError, asyncpg.PostgresConnectionError)):
+    if isinstance(
+        exc, (OperationalError, InterfaceError, PoolTimeoutError, OSError, asyncpg.PostgresConnectionError)
+    ):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True

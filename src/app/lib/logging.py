@@ -29,7 +29,9 @@ def _processors(json_logs: bool) -> list[Any]:
         redact_secrets,
         structlog.processors.format_exc_info,
     ]
-    renderer = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    renderer = (
+        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    )
     return [*shared, renderer]
 
 

@@ -33,8 +33,12 @@ async def reconcile_conversation(ctx: dict[str, Any], conversation_id: str) -> d
         if newest is None:
             return {"conversation_id": conversation_id, "messages": 0}
         last_seq = (
-            await session.execute(select(Message.seq).where(Message.conversation_id == cid).order_by(
-                Message.seq.desc()).limit(1))
+            await session.execute(
+                select(Message.seq)
+                .where(Message.conversation_id == cid)
+                .order_by(Message.seq.desc())
+                .limit(1)
+            )
         ).scalar_one()
         preview = preview_text(newest.body, newest.type)
         await session.execute(

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db.models.base import Base, str_enum
 
 
-class AgentRole(str, enum.Enum):
+class AgentRole(enum.StrEnum):
     ADMIN = "admin"
     AGENT = "agent"
 

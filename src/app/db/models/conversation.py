@@ -11,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db.models.base import Base, str_enum
 
 
-class ConversationStatus(str, enum.Enum):
+class ConversationStatus(enum.StrEnum):
     OPEN = "open"
     PENDING = "pending"
     CLOSED = "closed"

@@ -9,22 +9,20 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db.models.base import Base, str_enum
 
 
-class GatewayKind(str, enum.Enum):
+class GatewayKind(enum.StrEnum):
     WPPCONNECT = "wppconnect"
     EVOLUTION = "evolution"
     CLOUDAPI = "cloudapi"
 
 
 class WhatsAppInstance(Base):
-    """One WhatsApp number connected through one gateway; webhooks arrive at /api/webhooks/{gateway}/{name}."""
+    """One WhatsApp number behind one gateway; its webhooks arrive at /api/webhooks/{gateway}/{name}."""
 
     __tablename__ = "whatsapp_instances"
     __table_args__ = (UniqueConstraint("gateway", "name", name="uq_whatsapp_instances_gateway_name"),)
 
     org_id: Mapped[UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
-    gateway: Mapped[GatewayKind] = mapped_column(
-        str_enum(GatewayKind, "gateway_kind")
-    )
+    gateway: Mapped[GatewayKind] = mapped_column(str_enum(GatewayKind, "gateway_kind"))
     name: Mapped[str] = mapped_column(String(100))
     # WPPConnect/Evolution: the shared token the gateway sends; Cloud API: the app secret behind the HMAC.
     webhook_secret: Mapped[str] = mapped_column(String(255))

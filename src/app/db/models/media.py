@@ -9,7 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db.models.base import Base, str_enum
 
 
-class MediaState(str, enum.Enum):
+class MediaState(enum.StrEnum):
     PENDING = "pending"
     READY = "ready"
     FAILED = "failed"

@@ -12,7 +12,9 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.security.jwt import JWTAuth, Token
@@ -41,6 +43,9 @@ def _current_agent_from_token(token: Token, _: ASGIConnection[Any, Any, Any, Any
     except (KeyError, ValueError, TypeError) as exc:
         raise NotAuthorizedException("token is missing required claims") from exc
 
+
+# What an authenticated handler receives: `request.user` is the calling agent.
+AgentRequest = Request[CurrentAgent, Token, State]
 
 # Paths that answer without a token: webhooks are verified by their own signature or secret.
 PUBLIC_PATHS = ["^/api/auth/login$", "^/api/webhooks/", "^/schema", "^/health$", "^/ready$"]

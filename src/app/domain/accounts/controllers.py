@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Controller, post
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import Body
-from litestar.di import NamedDependency
-from typing_extensions import Annotated
 
 from app.domain.accounts.auth import TokenIssuer
 from app.domain.accounts.schemas import AgentOut, LoginRequest, LoginResponse
@@ -30,5 +31,7 @@ class AuthController(Controller):
             access_token=token_issuer.issue(agent),
             token_type="Bearer",
             expires_in=token_issuer.ttl_seconds,
-            agent=AgentOut(id=agent.id, org_id=agent.org_id, email=agent.email, name=agent.name, role=agent.role.value),
+            agent=AgentOut(
+                id=agent.id, org_id=agent.org_id, email=agent.email, name=agent.name, role=agent.role.value
+            ),
         )

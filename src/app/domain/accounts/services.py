@@ -39,11 +39,13 @@ class AgentService(SQLAlchemyAsyncRepositoryService[Agent]):
     ) -> Agent:
         password_hash = await anyio.to_thread.run_sync(hash_password, password)
         return await self.create(
-            Agent(org_id=org.id, email=email.strip().lower(), name=name, password_hash=password_hash, role=role)
+            Agent(
+                org_id=org.id, email=email.strip().lower(), name=name, password_hash=password_hash, role=role
+            )
         )
 
     async def authenticate(self, email: str, password: str) -> Agent | None:
-        """The agent with these credentials, or None; as slow for an unknown e-mail as for a wrong password."""
+        """The agent with these credentials, or None; as slow for an unknown e-mail as for a bad password."""
         agent = await self.get_one_or_none(email=email.strip().lower())
         stored = agent.password_hash if agent is not None else DUMMY_HASH
         valid = await anyio.to_thread.run_sync(verify_password, password, stored)

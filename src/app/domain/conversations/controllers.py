@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from uuid import UUID
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
-from typing_extensions import Annotated
 
 from app.db.models import ConversationStatus
-from app.domain.accounts.auth import CurrentAgent
+from app.domain.accounts.auth import AgentRequest
 from app.domain.conversations.schemas import ConversationOut, ConversationPage, MessagePage, ReadMarker
 from app.domain.conversations.services import ConversationFilters, ConversationService, MessageService
 from app.lib.deps import DbSession
@@ -26,7 +26,7 @@ class ConversationController(Controller):
     @get("/conversations", summary="Conversations, most recent activity first (keyset paginated)")
     async def list_conversations(
         self,
-        request: Request[CurrentAgent, object, object],
+        request: AgentRequest,
         db_session: DbSession,
         instance_id: FromQuery[UUID | None] = None,
         status: FromQuery[ConversationStatus | None] = None,
@@ -43,20 +43,26 @@ class ConversationController(Controller):
 
     @get("/conversations/{conversation_id:uuid}", summary="One conversation")
     async def get_conversation(
-        self, request: Request[CurrentAgent, object, object], db_session: DbSession, conversation_id: FromPath[UUID]
+        self,
+        request: AgentRequest,
+        db_session: DbSession,
+        conversation_id: FromPath[UUID],
     ) -> ConversationOut:
         return await ConversationService(db_session).get_conversation(request.user.org_id, conversation_id)
 
     @post("/conversations/{conversation_id:uuid}/read", status_code=200, summary="Mark a conversation read")
     async def mark_read(
-        self, request: Request[CurrentAgent, object, object], db_session: DbSession, conversation_id: FromPath[UUID]
+        self,
+        request: AgentRequest,
+        db_session: DbSession,
+        conversation_id: FromPath[UUID],
     ) -> ReadMarker:
         return await ConversationService(db_session).mark_read(request.user.org_id, conversation_id)
 
     @get("/messages/{conversation_id:uuid}", summary="History: latest page, or before/after a seq")
     async def list_messages(
         self,
-        request: Request[CurrentAgent, object, object],
+        request: AgentRequest,
         db_session: DbSession,
         conversation_id: FromPath[UUID],
         before_seq: Annotated[int | None, QueryParameter(ge=1)] = None,

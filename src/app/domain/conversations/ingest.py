@@ -1,4 +1,4 @@
-"""Applies normalised gateway events to the database in one transaction (ARCHITECTURE invariants 1–5).
+"""Applies normalised gateway events to the database in one transaction (ARCHITECTURE invariants 1 to 5).
 
 Per new message: upsert the contact · upsert-and-lock the conversation row (which serialises every writer
 of that conversation) · INSERT the message with seq = last_seq + 1, ON CONFLICT DO NOTHING on
@@ -17,10 +17,10 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from advanced_alchemy.mixins.uuid import uuid7 as _new_id
 from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7 as _new_id
 
 from app.db.models import Contact, Conversation, ConversationStatus, Media, Message
 from app.domain.gateways.events import (
@@ -137,19 +137,23 @@ class IngestService:
         name = message.contact_name if message.direction is Direction.INBOUND else None
         existing = (
             await self.session.execute(
-                select(Contact.id, Contact.name).where(Contact.org_id == org_id, Contact.wa_id == message.chat_id)
+                select(Contact.id, Contact.name).where(
+                    Contact.org_id == org_id, Contact.wa_id == message.chat_id
+                )
             )
         ).one_or_none()
         if existing is not None and (name is None or existing.name == name):
-            return existing.id  # the common case: one read, no write
-        stmt = insert(Contact).values(
+            contact_id: UUID = existing.id
+            return contact_id  # the common case: one read, no write
+        values = insert(Contact).values(
             id=_new_id(), org_id=org_id, wa_id=message.chat_id, name=name, created_at=now, updated_at=now
         )
-        stmt = stmt.on_conflict_do_update(
+        upsert = values.on_conflict_do_update(
             constraint="uq_contacts_org_wa_id",
-            set_={"name": func.coalesce(stmt.excluded.name, Contact.name), "updated_at": now},
+            set_={"name": func.coalesce(values.excluded.name, Contact.name), "updated_at": now},
         ).returning(Contact.id)
-        return (await self.session.execute(stmt)).scalar_one()
+        contact_id = (await self.session.execute(upsert)).scalar_one()
+        return contact_id
 
     async def _lock_conversation(
         self, org_id: UUID, instance_id: UUID, contact_id: UUID, sent_at: datetime, now: datetime
@@ -196,7 +200,9 @@ class IngestService:
     ) -> StoredMessage | None:
         sent_at = min(message.sent_at, now)  # a gateway clock ahead of ours must not pin a chat to the top
         contact_id = await self._upsert_contact(org_id, message, now)
-        conversation_id, last_seq = await self._lock_conversation(org_id, instance_id, contact_id, sent_at, now)
+        conversation_id, last_seq = await self._lock_conversation(
+            org_id, instance_id, contact_id, sent_at, now
+        )
         seq = last_seq + 1
         message_id = _new_id()
         inserted = (
@@ -233,7 +239,10 @@ class IngestService:
             .values(
                 last_seq=seq,
                 last_message_at=func.greatest(Conversation.last_message_at, sent_at),
-                last_message_preview=case((newest, preview_text(message.body, message.type)), else_=Conversation.last_message_preview),
+                last_message_preview=case(
+                    (newest, preview_text(message.body, message.type)),
+                    else_=Conversation.last_message_preview,
+                ),
                 last_message_direction=case(
                     (newest, message.direction.value), else_=Conversation.last_message_direction
                 ),
@@ -258,7 +267,9 @@ class IngestService:
             media_id=media_id,
         )
 
-    async def _create_media(self, org_id: UUID, message_id: UUID, message: InboundMessage, now: datetime) -> UUID:
+    async def _create_media(
+        self, org_id: UUID, message_id: UUID, message: InboundMessage, now: datetime
+    ) -> UUID:
         assert message.media is not None
         media = message.media
         media_id = _new_id()
@@ -281,7 +292,9 @@ class IngestService:
         )
         return media_id
 
-    async def _apply_status(self, instance_id: UUID, event: StatusUpdate, now: datetime) -> AppliedStatus | None:
+    async def _apply_status(
+        self, instance_id: UUID, event: StatusUpdate, now: datetime
+    ) -> AppliedStatus | None:
         allowed_from = STATUS_PREDECESSORS.get(event.status, ())
         if not allowed_from:
             return None
@@ -299,4 +312,6 @@ class IngestService:
         ).one_or_none()
         if row is None:
             return None
-        return AppliedStatus(message_id=row.id, conversation_id=row.conversation_id, seq=row.seq, status=event.status)
+        return AppliedStatus(
+            message_id=row.id, conversation_id=row.conversation_id, seq=row.seq, status=event.status
+        )

@@ -31,7 +31,9 @@ class InstanceCredentials:
     """What verification needs to know about the receiving instance (loaded from the database)."""
 
     name: str
-    webhook_secret: str  # WPPConnect/Evolution: shared token; Cloud API: the app secret for X-Hub-Signature-256
+    webhook_secret: (
+        str  # WPPConnect/Evolution: shared token; Cloud API: the app secret for X-Hub-Signature-256
+    )
     verify_token: str | None = None  # Cloud API GET handshake token
 
 

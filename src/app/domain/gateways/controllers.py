@@ -19,7 +19,9 @@ class WebhookController(Controller):
     tags = ["webhooks"]
 
     @post("/{gateway:str}/{instance:str}", status_code=200, summary="Receive a gateway webhook")
-    async def receive(self, request: Request, gateway: FromPath[str], instance: FromPath[str], db_session: DbSession) -> WebhookAck:
+    async def receive(
+        self, request: Request, gateway: FromPath[str], instance: FromPath[str], db_session: DbSession
+    ) -> WebhookAck:
         webhook = WebhookRequest(
             body=await request.body(), headers=request.headers, query=dict(request.query_params)
         )

@@ -13,12 +13,12 @@ from typing import Any
 import msgspec
 
 
-class Direction(str, enum.Enum):
+class Direction(enum.StrEnum):
     INBOUND = "inbound"
     OUTBOUND = "outbound"
 
 
-class MessageType(str, enum.Enum):
+class MessageType(enum.StrEnum):
     TEXT = "text"
     IMAGE = "image"
     AUDIO = "audio"
@@ -29,7 +29,7 @@ class MessageType(str, enum.Enum):
     OTHER = "other"
 
 
-class MessageStatus(str, enum.Enum):
+class MessageStatus(enum.StrEnum):
     """Lifecycle of a message. Outbound: pending → sent → delivered → read (failed from pending/sent).
 
     Inbound messages are `received` and never move.
@@ -47,7 +47,8 @@ class MediaRef(msgspec.Struct, frozen=True, kw_only=True):
     """Where the bytes of a media message can be had later; nothing is downloaded at ingest.
 
     `gateway_ref` is what the gateway's media API needs (Cloud API media id, WPPConnect/Evolution message id);
-    `inline_base64` is set when the webhook itself carried the file as base64 (kept verbatim, never decoded here).
+    `inline_base64` is set when the webhook itself carried the file as base64 (kept verbatim, not decoded).
+    `sha256` is lower-case hex whatever the gateway sent (adapters convert base64 digests).
     """
 
     gateway_ref: str
@@ -60,7 +61,7 @@ class MediaRef(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class InboundMessage(msgspec.Struct, frozen=True, kw_only=True, tag="message", tag_field="kind"):
-    """A message in a chat: received from a contact (inbound) or sent by the business from its phone (outbound)."""
+    """A chat message: from a contact (inbound) or sent by the business from its phone (outbound)."""
 
     gateway_message_id: str
     chat_id: str  # the contact's (or group's) WhatsApp id, e.g. "5511999999999" or "1203...@g.us", normalised

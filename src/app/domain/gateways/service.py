@@ -72,7 +72,9 @@ class WebhookService:
         org_id, instance_id = instance.org_id, instance.id
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                result = await IngestService(self.session).apply(org_id=org_id, instance_id=instance_id, events=events)
+                result = await IngestService(self.session).apply(
+                    org_id=org_id, instance_id=instance_id, events=events
+                )
                 # Explicit commit before the 2xx (invariant 1): a failed commit must surface as an error.
                 await self.session.commit()
             except DBAPIError as exc:
