@@ -14,7 +14,7 @@ install:
 
 # Run the API (port 3001) and the arq worker; embedded Postgres/Redis when no URLs are set
 dev: install
-    uv run python -m app.devserver
+    exec uv run python -m app.devserver
 
 # Run the test suite against real Postgres and Redis (embedded, throw-away, when no URLs are set)
 test *args: install

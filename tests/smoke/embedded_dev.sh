@@ -17,6 +17,7 @@ setsid just dev >"$state/dev.log" 2>&1 &
 dev_pid=$!
 cleanup() {
   if kill -0 "$dev_pid" 2>/dev/null; then kill -TERM -- "-$dev_pid" 2>/dev/null || true; wait "$dev_pid" || true; fi
+  sleep 1  # let a server that was still stopping finish before its directory goes
   rm -rf "$state"
 }
 trap cleanup EXIT
@@ -56,10 +57,18 @@ curl -fsS "$base/api/whatsapp-optimized/messages/$conversation" -H "Authorizatio
   || fail "message not read back"
 echo "smoke: message read back through the API"
 
-kill -TERM -- "-$dev_pid"
+# SIGTERM to `just` alone, as a process manager would send it: it must reach the API, the worker and the
+# embedded servers, which all stop.
+pg_port=$(sed -n 's/^postgres: embedded .*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$state/dev.log")
+redis_port=$(sed -n 's/^redis: embedded .*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$state/dev.log")
+kill -TERM "$dev_pid"
 for _ in $(seq 1 40); do kill -0 "$dev_pid" 2>/dev/null || break; sleep 0.5; done
 kill -0 "$dev_pid" 2>/dev/null && fail "just dev did not stop within 20 s of SIGTERM"
 wait "$dev_pid" && code=0 || code=$?
 echo "smoke: just dev stopped (exit $code)"
-if pgrep -f "$state" >/dev/null; then fail "processes of the dev run are still alive"; fi
+for port in "$port" "$pg_port" "$redis_port"; do
+  for _ in $(seq 1 20); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break; sleep 0.5; done
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && fail "port $port still answers after the dev run stopped"
+done
+grep -q "Application shutdown complete" "$state/dev.log" || fail "uvicorn did not shut down gracefully"
 echo "smoke: OK"
