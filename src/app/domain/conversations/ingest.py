@@ -17,17 +17,16 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from sqlalchemy import case, func, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from uuid_utils.compat import uuid7 as _new_id
 
-from app.db.models import Contact, Conversation, ConversationStatus, Media, Message
+from app.domain.conversations import ingest_sql as sql
 from app.domain.gateways.events import (
     Direction,
     GatewayEvent,
     IgnoredEvent,
     InboundMessage,
+    MediaRef,
     MessageStatus,
     MessageType,
     StatusUpdate,
@@ -114,15 +113,16 @@ class IngestService:
     async def apply(self, *, org_id: UUID, instance_id: UUID, events: Iterable[GatewayEvent]) -> IngestResult:
         result = IngestResult()
         now = datetime.now(UTC)
+        conn = await self.session.connection()
         for event in events:
             if isinstance(event, InboundMessage):
-                stored = await self._store_message(org_id, instance_id, event, now)
+                stored = await self._store_message(conn, org_id, instance_id, event, now)
                 if stored is None:
                     result.duplicates += 1
                 else:
                     result.created.append(stored)
             elif isinstance(event, StatusUpdate):
-                applied = await self._apply_status(instance_id, event, now)
+                applied = await self._apply_status(conn, instance_id, event, now)
                 if applied is None:
                     result.stale_statuses += 1
                 else:
@@ -132,132 +132,93 @@ class IngestService:
                 log.info("webhook event ignored", gateway_event=event.event, reason=event.reason)
         return result
 
-    async def _upsert_contact(self, org_id: UUID, message: InboundMessage, now: datetime) -> UUID:
+    async def _upsert_contact(
+        self, conn: AsyncConnection, org_id: UUID, message: InboundMessage, now: datetime
+    ) -> UUID:
         # The push name on the business's own messages is the business's, not the contact's.
         name = message.contact_name if message.direction is Direction.INBOUND else None
         existing = (
-            await self.session.execute(
-                select(Contact.id, Contact.name).where(
-                    Contact.org_id == org_id, Contact.wa_id == message.chat_id
-                )
-            )
-        ).one_or_none()
+            await conn.execute(sql.SELECT_CONTACT, {"org_id": org_id, "wa_id": message.chat_id})
+        ).first()
         if existing is not None and (name is None or existing.name == name):
             contact_id: UUID = existing.id
             return contact_id  # the common case: one read, no write
-        values = insert(Contact).values(
-            id=_new_id(), org_id=org_id, wa_id=message.chat_id, name=name, created_at=now, updated_at=now
-        )
-        upsert = values.on_conflict_do_update(
-            constraint="uq_contacts_org_wa_id",
-            set_={"name": func.coalesce(values.excluded.name, Contact.name), "updated_at": now},
-        ).returning(Contact.id)
-        contact_id = (await self.session.execute(upsert)).scalar_one()
+        params = {"id": _new_id(), "org_id": org_id, "wa_id": message.chat_id, "name": name, "now": now}
+        contact_id = (await conn.execute(sql.UPSERT_CONTACT, params)).scalar_one()
         return contact_id
 
     async def _lock_conversation(
-        self, org_id: UUID, instance_id: UUID, contact_id: UUID, sent_at: datetime, now: datetime
+        self,
+        conn: AsyncConnection,
+        org_id: UUID,
+        instance_id: UUID,
+        contact_id: UUID,
+        sent_at: datetime,
+        now: datetime,
     ) -> tuple[UUID, int]:
         """Return (id, last_seq) of the conversation, created if needed, holding its row lock until commit.
 
         The lock is what serialises writers of one conversation, so seq = last_seq + 1 is gapless and a
         concurrent duplicate meets the committed row in the unique index.
         """
-        locked = (
-            select(Conversation.id, Conversation.last_seq)
-            .where(Conversation.instance_id == instance_id, Conversation.contact_id == contact_id)
-            .with_for_update()
-        )
-        row = (await self.session.execute(locked)).one_or_none()
+        key = {"instance_id": instance_id, "contact_id": contact_id}
+        row = (await conn.execute(sql.LOCK_CONVERSATION, key)).first()
         if row is not None:
             return row.id, row.last_seq
-        created = (
-            await self.session.execute(
-                insert(Conversation)
-                .values(
-                    id=_new_id(),
-                    org_id=org_id,
-                    instance_id=instance_id,
-                    contact_id=contact_id,
-                    status=ConversationStatus.OPEN,
-                    last_seq=0,
-                    last_message_at=sent_at,
-                    unread_count=0,
-                    created_at=now,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing(constraint="uq_conversations_instance_contact")
-                .returning(Conversation.id)
-            )
-        ).scalar_one_or_none()
+        params = {**key, "id": _new_id(), "org_id": org_id, "sent_at": sent_at, "now": now}
+        created = (await conn.execute(sql.CREATE_CONVERSATION, params)).scalar_one_or_none()
         if created is not None:
             return created, 0  # our own uncommitted insert: nobody else can see, let alone lock, it
-        row = (await self.session.execute(locked)).one()  # lost the race to create it: lock the winner's row
+        row = (await conn.execute(sql.LOCK_CONVERSATION, key)).one()  # lost the race: lock the winner's row
         return row.id, row.last_seq
 
     async def _store_message(
-        self, org_id: UUID, instance_id: UUID, message: InboundMessage, now: datetime
+        self, conn: AsyncConnection, org_id: UUID, instance_id: UUID, message: InboundMessage, now: datetime
     ) -> StoredMessage | None:
         sent_at = min(message.sent_at, now)  # a gateway clock ahead of ours must not pin a chat to the top
-        contact_id = await self._upsert_contact(org_id, message, now)
+        contact_id = await self._upsert_contact(conn, org_id, message, now)
         conversation_id, last_seq = await self._lock_conversation(
-            org_id, instance_id, contact_id, sent_at, now
+            conn, org_id, instance_id, contact_id, sent_at, now
         )
         seq = last_seq + 1
         message_id = _new_id()
         inserted = (
-            await self.session.execute(
-                insert(Message)
-                .values(
-                    id=message_id,
-                    org_id=org_id,
-                    conversation_id=conversation_id,
-                    instance_id=instance_id,
-                    seq=seq,
-                    gateway_message_id=message.gateway_message_id,
-                    direction=message.direction,
-                    type=message.type,
-                    body=message.body,
-                    status=message.status,
-                    sent_at=sent_at,
-                    received_at=now,
-                    raw=raw_without_inline_media(message),
-                    created_at=now,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing(constraint="uq_messages_instance_gateway_id")
-                .returning(Message.id)
+            await conn.execute(
+                sql.INSERT_MESSAGE,
+                {
+                    "id": message_id,
+                    "org_id": org_id,
+                    "conversation_id": conversation_id,
+                    "instance_id": instance_id,
+                    "seq": seq,
+                    "gateway_message_id": message.gateway_message_id,
+                    "direction": message.direction,
+                    "type": message.type,
+                    "body": message.body,
+                    "status": message.status,
+                    "sent_at": sent_at,
+                    "raw": raw_without_inline_media(message),
+                    "now": now,
+                },
             )
         ).scalar_one_or_none()
         if inserted is None:
-            return None
-        inbound = message.direction is Direction.INBOUND
-        newest = sent_at >= Conversation.last_message_at
-        await self.session.execute(
-            update(Conversation)
-            .where(Conversation.id == conversation_id)
-            .values(
-                last_seq=seq,
-                last_message_at=func.greatest(Conversation.last_message_at, sent_at),
-                last_message_preview=case(
-                    (newest, preview_text(message.body, message.type)),
-                    else_=Conversation.last_message_preview,
-                ),
-                last_message_direction=case(
-                    (newest, message.direction.value), else_=Conversation.last_message_direction
-                ),
-                # An agent replying from the phone has seen the chat; a customer writing adds one unread.
-                unread_count=Conversation.unread_count + 1 if inbound else 0,
-                status=case(
-                    (Conversation.status == ConversationStatus.CLOSED, ConversationStatus.OPEN),
-                    else_=Conversation.status,
-                )
-                if inbound
-                else Conversation.status,
-                updated_at=now,
-            )
+            return None  # a redelivery: no seq consumed, because the summary is bumped only below
+        await conn.execute(
+            sql.UPDATE_SUMMARY,
+            {
+                "conversation_id": conversation_id,
+                "seq": seq,
+                "sent_at": sent_at,
+                "preview": preview_text(message.body, message.type),
+                "direction": message.direction.value,
+                "inbound": message.direction is Direction.INBOUND,
+                "now": now,
+            },
         )
-        media_id = await self._create_media(org_id, message_id, message, now) if message.media else None
+        media_id = (
+            await self._create_media(conn, org_id, message_id, message.media, now) if message.media else None
+        )
         return StoredMessage(
             id=message_id,
             conversation_id=conversation_id,
@@ -268,48 +229,41 @@ class IngestService:
         )
 
     async def _create_media(
-        self, org_id: UUID, message_id: UUID, message: InboundMessage, now: datetime
+        self, conn: AsyncConnection, org_id: UUID, message_id: UUID, media: MediaRef, now: datetime
     ) -> UUID:
-        assert message.media is not None
-        media = message.media
-        media_id = _new_id()
-        await self.session.execute(
-            insert(Media).values(
-                id=media_id,
-                org_id=org_id,
-                message_id=message_id,
-                gateway_ref=media.gateway_ref,
-                mime_type=media.mime_type,
-                size_bytes=media.size_bytes,
-                sha256=media.sha256,
-                filename=media.filename,
-                source_url=media.url,
-                inline_base64=media.inline_base64,
-                state="pending",
-                created_at=now,
-                updated_at=now,
-            )
+        media_id: UUID = _new_id()
+        await conn.execute(
+            sql.INSERT_MEDIA,
+            {
+                "id": media_id,
+                "org_id": org_id,
+                "message_id": message_id,
+                "gateway_ref": media.gateway_ref,
+                "mime_type": media.mime_type,
+                "size_bytes": media.size_bytes,
+                "sha256": media.sha256,
+                "filename": media.filename,
+                "source_url": media.url,
+                "inline_base64": media.inline_base64,
+                "now": now,
+            },
         )
         return media_id
 
     async def _apply_status(
-        self, instance_id: UUID, event: StatusUpdate, now: datetime
+        self, conn: AsyncConnection, instance_id: UUID, event: StatusUpdate, now: datetime
     ) -> AppliedStatus | None:
         allowed_from = STATUS_PREDECESSORS.get(event.status, ())
         if not allowed_from:
             return None
-        row = (
-            await self.session.execute(
-                update(Message)
-                .where(
-                    Message.instance_id == instance_id,
-                    Message.gateway_message_id == event.gateway_message_id,
-                    Message.status.in_(allowed_from),
-                )
-                .values(status=event.status, updated_at=now)
-                .returning(Message.id, Message.conversation_id, Message.seq)
-            )
-        ).one_or_none()
+        params = {
+            "of_instance": instance_id,
+            "of_gateway_message_id": event.gateway_message_id,
+            "allowed_from": [status.value for status in allowed_from],
+            "new_status": event.status,
+            "now": now,
+        }
+        row = (await conn.execute(sql.ADVANCE_STATUS, params)).first()
         if row is None:
             return None
         return AppliedStatus(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
+from uuid import UUID
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import GatewayKind, Organization, WhatsAppInstance
 from app.domain.gateways.base import InstanceCredentials
@@ -43,15 +47,40 @@ class InstanceService(SQLAlchemyAsyncRepositoryService[WhatsAppInstance]):
             )
         )
 
-    async def find_active(self, gateway: GatewayKind, name: str) -> WhatsAppInstance | None:
-        return await self.get_one_or_none(gateway=gateway, name=name, is_active=True)
+
+@dataclass(frozen=True, slots=True)
+class ReceivingInstance:
+    """What a webhook needs of its instance: a plain row, loaded without the ORM on the hot path."""
+
+    id: UUID
+    org_id: UUID
+    gateway: GatewayKind
+    name: str
+    webhook_secret: str
+    verify_token: str | None
+    phone_number_id: str | None
 
 
-def credentials_of(instance: WhatsAppInstance) -> InstanceCredentials:
+_instances = WhatsAppInstance.__table__
+_FIND_ACTIVE = select(*(_instances.c[field] for field in ReceivingInstance.__dataclass_fields__)).where(
+    _instances.c.gateway == bindparam("gateway"),
+    _instances.c.name == bindparam("name"),
+    _instances.c.is_active.is_(True),
+)
+
+
+async def find_receiving_instance(
+    session: AsyncSession, gateway: GatewayKind, name: str
+) -> ReceivingInstance | None:
+    row = (await session.execute(_FIND_ACTIVE, {"gateway": gateway, "name": name})).first()
+    return ReceivingInstance(**row._mapping) if row is not None else None
+
+
+def credentials_of(instance: ReceivingInstance) -> InstanceCredentials:
     return InstanceCredentials(
         name=instance.name, webhook_secret=instance.webhook_secret, verify_token=instance.verify_token
     )
 
 
-def webhook_url(public_base_url: str, instance: WhatsAppInstance) -> str:
+def webhook_url(public_base_url: str, instance: WhatsAppInstance | ReceivingInstance) -> str:
     return f"{public_base_url}/api/webhooks/{instance.gateway.value}/{instance.name}"

@@ -8,11 +8,11 @@ import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import GatewayKind, WhatsAppInstance
+from app.db.models import GatewayKind
 from app.domain.conversations.ingest import IngestResult, IngestService
 from app.domain.gateways.base import WebhookRequest
 from app.domain.gateways.events import GatewayEvent, IgnoredEvent
-from app.domain.gateways.instances import InstanceService, credentials_of
+from app.domain.gateways.instances import ReceivingInstance, credentials_of, find_receiving_instance
 from app.domain.gateways.registry import get_adapter
 from app.lib.errors import problem
 
@@ -25,7 +25,7 @@ _MAX_ATTEMPTS = 3
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    instance: WhatsAppInstance
+    instance: ReceivingInstance
     result: IngestResult
 
 
@@ -34,7 +34,7 @@ def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
 
 
-def _reject_foreign_accounts(instance: WhatsAppInstance, events: list[GatewayEvent]) -> None:
+def _reject_foreign_accounts(instance: ReceivingInstance, events: list[GatewayEvent]) -> None:
     """A payload naming another gateway account is refused whole: one instance's secret must not let its
     holder write into a conversation of another instance (or another organisation)."""
     expected = instance.phone_number_id if instance.gateway is GatewayKind.CLOUDAPI else instance.name
@@ -51,12 +51,12 @@ class WebhookService:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def find_instance(self, gateway: str, instance_name: str) -> WhatsAppInstance:
+    async def find_instance(self, gateway: str, instance_name: str) -> ReceivingInstance:
         try:
             kind = GatewayKind(gateway)
         except ValueError:
             raise problem(404, f"unknown gateway '{gateway}'") from None
-        instance = await InstanceService(session=self.session).find_active(kind, instance_name)
+        instance = await find_receiving_instance(self.session, kind, instance_name)
         if instance is None:
             raise problem(404, f"unknown {gateway} instance '{instance_name}'")
         return instance

@@ -1,0 +1,208 @@
+"""`just bench-ingest`: committed webhooks/s and acknowledgement latency at 16 concurrent senders, next to raw
+asyncpg single-row INSERTs at 16 connections measured in the same run on the same server. Prints figures;
+it passes or fails nothing (timings on shared machines are noisy).
+
+    uv run python -m tests.bench.ingest [--requests 8000] [--senders 16] [--api-workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from app.config import normalise_database_url
+from tests.bench.loadgen import HttpConnection
+from tests.factories import create_tenant
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _plain(url: str) -> str:
+    return normalise_database_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    return statistics.quantiles(samples, n=1000)[int(q * 10) - 1] * 1000 if len(samples) > 1 else 0.0
+
+
+async def _create_database(server_url: str) -> str:
+    name = f"crm_bench_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(_plain(server_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return make_url(normalise_database_url(server_url)).set(database=name).render_as_string(hide_password=False)
+
+
+async def _drop_database(server_url: str, url: str) -> None:
+    conn = await asyncpg.connect(_plain(server_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _evolution_body(instance: str, message_id: str, chat: str, text: str) -> bytes:
+    return json.dumps(
+        {
+            "event": "messages.upsert",
+            "instance": instance,
+            "data": {
+                "key": {"remoteJid": f"{chat}@s.whatsapp.net", "fromMe": False, "id": message_id},
+                "pushName": "Bench Customer",
+                "message": {"conversation": text},
+                "messageType": "conversation",
+                "messageTimestamp": int(time.time()),
+            },
+            "date_time": "2026-11-24T12:00:00.000Z",
+        }
+    ).encode()
+
+
+async def _run_senders(
+    port: int, path: str, bodies: list[bytes], headers: dict[str, str], senders: int
+) -> tuple[float, list[float], dict[int, int]]:
+    queue = iter(bodies)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+
+    async def sender() -> None:
+        conn = await HttpConnection.open("127.0.0.1", port)
+        try:
+            for body in queue:
+                status, _, elapsed = await conn.post(path, body, headers)
+                statuses[status] = statuses.get(status, 0) + 1
+                latencies.append(elapsed)
+        finally:
+            await conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender() for _ in range(senders)))
+    return time.perf_counter() - started, latencies, statuses
+
+
+async def _raw_inserts(dsn: str, total: int, connections: int) -> tuple[float, list[float]]:
+    """Single-row INSERTs of a message-sized row, each its own committed transaction."""
+    pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections)
+    await pool.execute(
+        "CREATE TABLE bench_raw (id uuid PRIMARY KEY, conversation_id uuid, seq bigint, "
+        "gateway_message_id text UNIQUE, body text, raw jsonb, created_at timestamptz DEFAULT now())"
+    )
+    latencies: list[float] = []
+    remaining = iter(range(total))
+    conversation = uuid4()
+
+    async def worker() -> None:
+        async with pool.acquire() as conn:
+            stmt = await conn.prepare(
+                "INSERT INTO bench_raw (id, conversation_id, seq, gateway_message_id, body, raw) "
+                "VALUES ($1, $2, $3, $4, $5, $6)"
+            )
+            for i in remaining:
+                t = time.perf_counter()
+                await stmt.fetch(uuid4(), conversation, i, f"RAW{i}", "hello", '{"k": "v"}')
+                latencies.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    await pool.execute("DROP TABLE bench_raw")
+    await pool.close()
+    return elapsed, latencies
+
+
+async def main(args: argparse.Namespace) -> None:
+    server_url = os.environ["DATABASE_URL"]
+    database_url = await _create_database(server_url)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = database_url
+    await asyncio.to_thread(command.upgrade, config, "head")
+    engine = create_async_engine(database_url)
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        tenant = await create_tenant(session)
+    await engine.dispose()
+    instance = tenant.instance("evolution")
+
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "APP_ENV": "bench",
+           "DB_POOL_SIZE": str(args.senders), "DB_MAX_OVERFLOW": "4"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.asgi:app", "--port", str(port), "--workers", str(args.api_workers),
+         "--no-access-log", "--log-level", "warning"],
+        env=env,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        path = f"/api/webhooks/evolution/{instance.name}"
+        headers = {"Content-Type": "application/json", "X-Webhook-Secret": instance.webhook_secret}
+        chats = [f"55119{n:08d}" for n in range(args.conversations)]
+
+        def bodies(prefix: str, count: int) -> list[bytes]:
+            return [
+                _evolution_body(instance.name, f"{prefix}{i:08d}", chats[i % len(chats)], f"message {i}")
+                for i in range(count)
+            ]
+
+        await _run_senders(port, path, bodies("WARM", args.requests // 10), headers, args.senders)
+        elapsed, latencies, statuses = await _run_senders(port, path, bodies("BENCH", args.requests), headers,
+                                                          args.senders)
+        conn = await asyncpg.connect(_plain(database_url))
+        stored = await conn.fetchval("SELECT count(*) FROM messages WHERE gateway_message_id LIKE 'BENCH%'")
+        gaps = await conn.fetchval(
+            "SELECT count(*) FROM conversations c WHERE c.last_seq <> "
+            "(SELECT count(*) FROM messages m WHERE m.conversation_id = c.id)"
+        )
+        await conn.close()
+        raw_elapsed, raw_latencies = await _raw_inserts(_plain(database_url), args.requests, args.senders)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(20)
+        await _drop_database(server_url, database_url)
+
+    rate, raw_rate = args.requests / elapsed, args.requests / raw_elapsed
+    print(f"ingest benchmark: {args.requests} webhooks, {args.senders} senders, {args.conversations} conversations, "
+          f"{args.api_workers} API worker(s), {os.cpu_count()} CPUs")
+    print(f"  webhooks   {rate:8.0f}/s   ack p50 {_percentile(latencies, 50):6.2f} ms   "
+          f"p99 {_percentile(latencies, 99):6.2f} ms   statuses {statuses}")
+    print(f"  raw INSERT {raw_rate:8.0f}/s   p50 {_percentile(raw_latencies, 50):6.2f} ms   "
+          f"p99 {_percentile(raw_latencies, 99):6.2f} ms   (asyncpg, {args.senders} connections)")
+    print(f"  ratio webhooks/raw = {rate / raw_rate:.2f}   (goal >= 0.5)")
+    print(f"  check: {stored} of {args.requests} messages stored; conversations with a seq gap: {gaps}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=8000)
+    parser.add_argument("--senders", type=int, default=16)
+    parser.add_argument("--conversations", type=int, default=500)
+    parser.add_argument("--api-workers", type=int, default=1)
+    asyncio.run(main(parser.parse_args()))
