@@ -71,6 +71,7 @@ def instance_details(instance: WhatsAppInstance) -> dict[str, Any]:
     if instance.gateway is GatewayKind.CLOUDAPI:
         details["app_secret_note"] = "webhook_secret is the Meta app secret that signs X-Hub-Signature-256"
         details["verify_token"] = instance.verify_token
+        details["phone_number_id"] = instance.phone_number_id
     else:
         details["secret_usage"] = "send as header X-Webhook-Secret, Authorization: Bearer, or ?token="
     return details

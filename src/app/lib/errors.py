@@ -82,6 +82,12 @@ def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     return problem(500, "internal error").to_response(request)
 
 
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Anything unexpected: logged once with its traceback, answered as a bare 500 (no internals leak)."""
+    log.error("unhandled error", path=request.url.path, method=request.method, exc_info=exc)
+    return problem(500, "internal error").to_response(request)
+
+
 problem_details_config = ProblemDetailsConfig(
     enable_for_all_http_exceptions=True,
     exception_to_problem_detail_map={
@@ -93,7 +99,8 @@ problem_details_config = ProblemDetailsConfig(
     },
 )
 
-database_exception_handlers = {
+server_error_handlers = {
+    Exception: internal_error_handler,
     DBAPIError: database_error_handler,
     PoolTimeoutError: database_error_handler,
     OSError: database_error_handler,

@@ -54,7 +54,9 @@ def structlog_plugin(level: str, json_logs: bool) -> StructlogPlugin:
                 processors=_processors(json_logs),
                 wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
                 logger_factory=structlog.PrintLoggerFactory(),
-                log_exceptions="always",
+                # Client errors (4xx) are answers, not incidents; server errors are logged with their
+                # traceback by app.lib.errors.internal_error_handler.
+                log_exceptions="never",
             ),
             enable_middleware_logging=False,
         )

@@ -26,7 +26,7 @@ from app.domain.accounts.controllers import AuthController
 from app.domain.conversations.controllers import ConversationController
 from app.domain.gateways.controllers import WebhookController
 from app.domain.stats.health import HealthController
-from app.lib.errors import database_exception_handlers, problem_details_config
+from app.lib.errors import server_error_handlers, problem_details_config
 from app.lib.logging import structlog_plugin
 
 # Ordinary JSON requests are small; only webhooks may carry inline base64 media.
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             structlog_plugin(settings.app.log_level, settings.app.log_json),
         ],
         on_app_init=[jwt_auth.on_app_init],
-        exception_handlers=database_exception_handlers,  # type: ignore[arg-type]
+        exception_handlers=server_error_handlers,  # type: ignore[arg-type]
         lifespan=[redis_lifespan],
         cors_config=CORSConfig(
             allow_origins=settings.app.cors_allowed_origins,
