@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
+from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
@@ -39,8 +40,22 @@ def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(main())
-    except IntegrityError as exc:
-        raise click.ClickException(f"already exists or conflicts with existing data: {exc.orig}") from None
+    except (IntegrityError, RepositoryIntegrityError) as exc:
+        # A unique slug, e-mail or (gateway, name) taken: say so instead of a traceback.
+        raise click.ClickException(
+            f"already exists or conflicts with existing data: {_constraint_of(exc)}"
+        ) from None
+
+
+def _constraint_of(exc: BaseException) -> str:
+    """The violated constraint's message from the driver, never the statement's parameters (secrets)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        constraint = getattr(cause, "constraint_name", None)
+        if constraint:
+            return f"{constraint} ({str(cause).splitlines()[0]})"
+        cause = cause.__cause__ or getattr(cause, "orig", None)
+    return "unique constraint"
 
 
 def _emit(data: dict[str, Any], as_json: bool) -> None:

@@ -26,7 +26,7 @@ from app.domain.accounts.controllers import AuthController
 from app.domain.conversations.controllers import ConversationController
 from app.domain.gateways.controllers import WebhookController
 from app.domain.stats.health import HealthController
-from app.lib.errors import server_error_handlers, problem_details_config
+from app.lib.errors import problem_details_config, server_error_handlers
 from app.lib.logging import structlog_plugin
 
 # Ordinary JSON requests are small; only webhooks may carry inline base64 media.

@@ -1,0 +1,105 @@
+"""The admin CLI and demo data, run as a user runs them, against the test database."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app.cli import main
+from app.config import get_settings
+
+Client = AsyncTestClient[Litestar]
+
+
+@pytest.fixture
+def cli(database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://crm.example.com")
+    get_settings.cache_clear()
+    yield CliRunner()
+    get_settings.cache_clear()
+
+
+def run(cli: CliRunner, *args: str, input: str | None = None) -> dict:
+    result = cli.invoke(main, list(args), input=input, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_admin_bootstrap_prints_webhook_url_and_secret(cli: CliRunner):
+    slug = "acme-" + __import__("secrets").token_hex(3)
+    org = run(cli, "admin", "create-org", "Acme Support", "--slug", slug, "--json")
+    assert org["slug"] == slug
+    agent = run(
+        cli,
+        "admin",
+        "create-agent",
+        "--org",
+        slug,
+        "--email",
+        f"Ana@{slug}.test",
+        "--name",
+        "Ana",
+        "--role",
+        "admin",
+        "--password",
+        "s3cret-passw0rd",
+        "--json",
+    )
+    assert agent["email"] == f"ana@{slug}.test" and agent["role"] == "admin"
+    instance = run(
+        cli, "admin", "create-instance", "--org", slug, "--gateway", "evolution", "--name", slug, "--json"
+    )
+    assert instance["webhook_url"] == f"https://crm.example.com/api/webhooks/evolution/{slug}"
+    assert len(instance["webhook_secret"]) >= 32
+
+    duplicate = cli.invoke(main, ["admin", "create-org", "Again", "--slug", slug])
+    assert duplicate.exit_code != 0 and "already exists" in duplicate.output
+    unknown = cli.invoke(
+        main, ["admin", "create-instance", "--org", "nope", "--gateway", "evolution", "--name", "x"]
+    )
+    assert unknown.exit_code != 0 and "no organisation" in unknown.output
+    short = cli.invoke(
+        main,
+        ["admin", "create-agent", "--org", slug, "--email", "b@x.test", "--name", "B", "--password", "short"],
+    )
+    assert short.exit_code != 0 and "at least 8" in short.output
+
+
+async def test_demo_data_gives_a_working_login_and_webhook(cli: CliRunner, client: Client):
+    import asyncio
+
+    result = await asyncio.to_thread(cli.invoke, main, ["demo-data"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    demo = json.loads(result.output)
+    assert {i["gateway"] for i in demo["instances"]} == {"wppconnect", "evolution", "cloudapi"}
+
+    login = await client.post("/api/auth/login", json=demo["login"])
+    assert login.status_code == 200
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    listing = (await client.get("/api/whatsapp-optimized/conversations", headers=headers)).json()["items"]
+    assert len(listing) == 3 and all(c["unread_count"] >= 1 for c in listing)
+
+    wpp = next(i for i in demo["instances"] if i["gateway"] == "wppconnect")
+    body = {
+        "event": "onmessage",
+        "session": wpp["name"],
+        "id": "false_5511912340000@c.us_3EB0DEMO",
+        "from": "5511912340000@c.us",
+        "to": "5511900000000@c.us",
+        "body": "oi",
+        "type": "chat",
+        "t": 1764000000,
+    }
+    response = await client.post(
+        f"/api/webhooks/wppconnect/{wpp['name']}",
+        json=body,
+        headers={"X-Webhook-Secret": wpp["webhook_secret"]},
+    )
+    assert response.status_code == 200 and response.json()["created"] == 1
