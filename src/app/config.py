@@ -71,6 +71,8 @@ class DatabaseSettings:
 @dataclass(frozen=True)
 class RedisSettings:
     url: str
+    # Prefix of every key and channel this deployment uses, so several can share one Redis.
+    key_prefix: str = "crm"
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class AuthSettings:
     jwt_secret: str = field(repr=False)
     token_ttl_seconds: int = 8 * 3600
     algorithm: str = "HS256"
+    login_attempts_per_minute: int = 10  # per client address, shared by all API processes (Redis)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class Settings:
             if environment == "production":
                 raise RuntimeError("JWT_SECRET must be set in production")
             jwt_secret = _dev_jwt_secret()
+        elif environment == "production" and len(jwt_secret) < 32:
+            raise RuntimeError("JWT_SECRET must be at least 32 characters")
         database_url = _env("DATABASE_URL")
         redis_url = _env("REDIS_URL")
         if database_url is None or redis_url is None:
@@ -131,10 +136,13 @@ class Settings:
                 statement_cache_size=int(cache_size) if cache_size is not None else None,
                 echo=_env("DB_ECHO") == "1",
             ),
-            redis=RedisSettings(url=redis_url),
+            redis=RedisSettings(url=redis_url, key_prefix=_env("REDIS_KEY_PREFIX", "crm") or "crm"),
             auth=AuthSettings(
                 jwt_secret=jwt_secret,
                 token_ttl_seconds=_env_int("JWT_TTL_SECONDS", AuthSettings.token_ttl_seconds),
+                login_attempts_per_minute=_env_int(
+                    "LOGIN_ATTEMPTS_PER_MINUTE", AuthSettings.login_attempts_per_minute
+                ),
             ),
         )
 

@@ -215,8 +215,8 @@ async def main(args: argparse.Namespace) -> None:
 
     rate, raw_rate, floor_rate = (args.requests / t for t in (elapsed, raw_elapsed, floor_elapsed))
     print(
-        f"ingest benchmark: {args.requests} webhooks, {args.senders} senders, {args.conversations} conversations, "
-        f"{args.api_workers} API worker(s), {os.cpu_count()} CPUs"
+        f"ingest benchmark: {args.requests} webhooks, {args.senders} senders, "
+        f"{args.conversations} conversations, {args.api_workers} API worker(s), {os.cpu_count()} CPUs"
     )
     print(
         f"  webhooks   {rate:8.0f}/s   ack p50 {_percentile(latencies, 50):6.2f} ms   "
@@ -231,7 +231,8 @@ async def main(args: argparse.Namespace) -> None:
         f"p99 {_percentile(floor_latencies, 99):6.2f} ms   (404 before any database work)"
     )
     print(
-        f"  ratio webhooks/raw = {rate / raw_rate:.2f}   (goal >= 0.5; HTTP floor/raw = {floor_rate / raw_rate:.2f})"
+        f"  ratio webhooks/raw = {rate / raw_rate:.2f}   (goal >= 0.5; "
+        f"HTTP floor/raw = {floor_rate / raw_rate:.2f})"
     )
     print(f"  check: {stored} of {args.requests} messages stored; conversations with a seq gap: {gaps}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -222,3 +223,30 @@ async def test_openapi_schema_is_served(client: Client):
     paths = response.json()["paths"]
     assert "/api/whatsapp-optimized/conversations" in paths
     assert "/api/whatsapp-optimized/messages/{conversation_id}" in paths
+
+
+async def test_login_attempts_are_rate_limited_per_client(settings: Settings, session: AsyncSession):
+    from dataclasses import replace
+
+    from app.server.core import create_app
+
+    tenant = await create_tenant(session)
+    # A key prefix of its own: the counter lives in Redis, shared with every other test's app.
+    strict = replace(
+        settings,
+        auth=replace(settings.auth, login_attempts_per_minute=3),
+        redis=replace(settings.redis, key_prefix=f"rate-test-{secrets.token_hex(4)}"),
+    )
+    async with AsyncTestClient(app=create_app(strict)) as client:
+        codes = [
+            (
+                await client.post("/api/auth/login", json={"email": tenant.agent.email, "password": "wrong"})
+            ).status_code
+            for _ in range(4)
+        ]
+        assert codes == [401, 401, 401, 429]
+        limited = await client.post(
+            "/api/auth/login", json={"email": tenant.agent.email, "password": PASSWORD}
+        )
+        assert limited.status_code == 429
+        assert limited.headers["content-type"].startswith("application/problem+json")

@@ -15,9 +15,11 @@ from advanced_alchemy.extensions.litestar import (
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
+from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsPlugin
+from litestar.stores.redis import RedisStore
 from redis.asyncio import Redis
 
 from app.config import Settings, get_settings
@@ -68,13 +70,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await redis.aclose()
 
+    # Brute-force guard on the one endpoint that takes a password; counted in Redis so every process agrees.
+    login_rate_limit = RateLimitConfig(
+        rate_limit=("minute", settings.auth.login_attempts_per_minute), store="login_rate_limit"
+    )
+    auth = Router(path="/", route_handlers=[AuthController], middleware=[login_rate_limit.middleware])
     webhooks = Router(
         path="/",
         route_handlers=[WebhookController],
         request_max_body_size=settings.app.webhook_max_body_bytes,
     )
     return Litestar(
-        route_handlers=[AuthController, ConversationController, HealthController, webhooks],
+        route_handlers=[auth, ConversationController, HealthController, webhooks],
+        stores={
+            "login_rate_limit": RedisStore(redis, namespace=f"{settings.redis.key_prefix}:login-rate-limit")
+        },
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "token_issuer": Provide(lambda: token_issuer, use_cache=True, sync_to_thread=False),
