@@ -13,14 +13,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
-from alembic import command
-from alembic.config import Config
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.config import (
@@ -29,15 +25,9 @@ from app.config import (
     DatabaseSettings,
     RedisSettings,
     Settings,
-    normalise_database_url,
 )
 from app.lib.embedded import dev_services
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _plain_dsn(url: str) -> str:
-    return normalise_database_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+from tests.databases import scratch_database
 
 
 @pytest.fixture(scope="session")
@@ -52,28 +42,8 @@ def service_urls() -> Iterator[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
     """A database of this run's own, migrated to head with the real Alembic scripts, dropped afterwards."""
-    import asyncio
-
-    server_url = make_url(normalise_database_url(service_urls[0]))
-    name = f"crm_test_{secrets.token_hex(4)}"
-    admin_dsn = _plain_dsn(server_url.render_as_string(hide_password=False))
-
-    async def _admin(sql: str) -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    url = server_url.set(database=name).render_as_string(hide_password=False)
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = url
-    command.upgrade(config, "head")
-    try:
+    with scratch_database(service_urls[0], "crm_test") as url:
         yield url
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

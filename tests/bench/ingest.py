@@ -11,31 +11,20 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from uuid import uuid4
 
 import asyncpg
-from alembic import command
-from alembic.config import Config
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from app.config import normalise_database_url
 from tests.bench.loadgen import HttpConnection
+from tests.databases import plain_dsn, scratch_database
 from tests.factories import create_tenant
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _plain(url: str) -> str:
-    return normalise_database_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 def _free_port() -> int:
@@ -46,26 +35,6 @@ def _free_port() -> int:
 
 def _percentile(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=1000)[int(q * 10) - 1] * 1000 if len(samples) > 1 else 0.0
-
-
-async def _create_database(server_url: str) -> str:
-    name = f"crm_bench_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(_plain(server_url))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return (
-        make_url(normalise_database_url(server_url)).set(database=name).render_as_string(hide_password=False)
-    )
-
-
-async def _drop_database(server_url: str, url: str) -> None:
-    conn = await asyncpg.connect(_plain(server_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 def _evolution_body(instance: str, message_id: str, chat: str, text: str) -> bytes:
@@ -137,12 +106,7 @@ async def _raw_inserts(dsn: str, total: int, connections: int) -> tuple[float, l
     return elapsed, latencies
 
 
-async def main(args: argparse.Namespace) -> None:
-    server_url = os.environ["DATABASE_URL"]
-    database_url = await _create_database(server_url)
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = database_url
-    await asyncio.to_thread(command.upgrade, config, "head")
+async def run(args: argparse.Namespace, database_url: str) -> None:
     engine = create_async_engine(database_url)
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
         tenant = await create_tenant(session)
@@ -200,18 +164,17 @@ async def main(args: argparse.Namespace) -> None:
         floor_elapsed, floor_latencies, _ = await _run_senders(
             port, "/api/webhooks/no-such-gateway/x", [b"{}"] * args.requests, headers, args.senders
         )
-        conn = await asyncpg.connect(_plain(database_url))
+        conn = await asyncpg.connect(plain_dsn(database_url))
         stored = await conn.fetchval("SELECT count(*) FROM messages WHERE gateway_message_id LIKE 'BENCH%'")
         gaps = await conn.fetchval(
             "SELECT count(*) FROM conversations c WHERE c.last_seq <> "
             "(SELECT count(*) FROM messages m WHERE m.conversation_id = c.id)"
         )
         await conn.close()
-        raw_elapsed, raw_latencies = await _raw_inserts(_plain(database_url), args.requests, args.senders)
+        raw_elapsed, raw_latencies = await _raw_inserts(plain_dsn(database_url), args.requests, args.senders)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(20)
-        await _drop_database(server_url, database_url)
 
     rate, raw_rate, floor_rate = (args.requests / t for t in (elapsed, raw_elapsed, floor_elapsed))
     print(
@@ -243,4 +206,5 @@ if __name__ == "__main__":
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument("--conversations", type=int, default=500)
     parser.add_argument("--api-workers", type=int, default=1)
-    asyncio.run(main(parser.parse_args()))
+    with scratch_database(os.environ["DATABASE_URL"], "crm_bench") as url:
+        asyncio.run(run(parser.parse_args(), url))
