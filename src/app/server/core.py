@@ -47,6 +47,8 @@ def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
             pool_timeout=int(settings.db.pool_timeout),
             pool_pre_ping=False,
             echo=settings.db.echo,
+            # Statement parameters are customer messages and secrets: keep them out of error logs.
+            hide_parameters=True,
             connect_args=connect_args,
         ),
         session_config=AsyncSessionConfig(expire_on_commit=False),

@@ -1,8 +1,9 @@
 """Applies normalised gateway events to the database in one transaction (ARCHITECTURE invariants 1 to 5).
 
-Per new message: upsert the contact · upsert-and-lock the conversation row (which serialises every writer
-of that conversation) · INSERT the message with seq = last_seq + 1, ON CONFLICT DO NOTHING on
-(instance, gateway message id) · only if a row went in, bump last_seq and the summary · media row (pending).
+Per new message (one call of the database function crm_ingest_message, migration 0002): upsert the
+contact · lock (or create) the conversation row, which serialises every writer of that conversation ·
+INSERT the message with seq = last_seq + 1, ON CONFLICT DO NOTHING on (instance, gateway message id) ·
+only if a row went in, bump last_seq and the summary. Then the media row (pending) if any.
 A duplicate never consumes a seq because the conversation is bumped after the insert, under its lock.
 Status updates move forward only: the UPDATE's WHERE names the statuses that may precede the new one.
 The caller commits; nothing is published from here (publishing happens after commit).
@@ -132,97 +133,41 @@ class IngestService:
                 log.info("webhook event ignored", gateway_event=event.event, reason=event.reason)
         return result
 
-    async def _upsert_contact(
-        self, conn: AsyncConnection, org_id: UUID, message: InboundMessage, now: datetime
-    ) -> UUID:
-        # The push name on the business's own messages is the business's, not the contact's.
-        name = message.contact_name if message.direction is Direction.INBOUND else None
-        existing = (
-            await conn.execute(sql.SELECT_CONTACT, {"org_id": org_id, "wa_id": message.chat_id})
-        ).first()
-        if existing is not None and (name is None or existing.name == name):
-            contact_id: UUID = existing.id
-            return contact_id  # the common case: one read, no write
-        params = {"id": _new_id(), "org_id": org_id, "wa_id": message.chat_id, "name": name, "now": now}
-        contact_id = (await conn.execute(sql.UPSERT_CONTACT, params)).scalar_one()
-        return contact_id
-
-    async def _lock_conversation(
-        self,
-        conn: AsyncConnection,
-        org_id: UUID,
-        instance_id: UUID,
-        contact_id: UUID,
-        sent_at: datetime,
-        now: datetime,
-    ) -> tuple[UUID, int]:
-        """Return (id, last_seq) of the conversation, created if needed, holding its row lock until commit.
-
-        The lock is what serialises writers of one conversation, so seq = last_seq + 1 is gapless and a
-        concurrent duplicate meets the committed row in the unique index.
-        """
-        key = {"instance_id": instance_id, "contact_id": contact_id}
-        row = (await conn.execute(sql.LOCK_CONVERSATION, key)).first()
-        if row is not None:
-            return row.id, row.last_seq
-        params = {**key, "id": _new_id(), "org_id": org_id, "sent_at": sent_at, "now": now}
-        created = (await conn.execute(sql.CREATE_CONVERSATION, params)).scalar_one_or_none()
-        if created is not None:
-            return created, 0  # our own uncommitted insert: nobody else can see, let alone lock, it
-        row = (await conn.execute(sql.LOCK_CONVERSATION, key)).one()  # lost the race: lock the winner's row
-        return row.id, row.last_seq
-
     async def _store_message(
         self, conn: AsyncConnection, org_id: UUID, instance_id: UUID, message: InboundMessage, now: datetime
     ) -> StoredMessage | None:
         sent_at = min(message.sent_at, now)  # a gateway clock ahead of ours must not pin a chat to the top
-        contact_id = await self._upsert_contact(conn, org_id, message, now)
-        conversation_id, last_seq = await self._lock_conversation(
-            conn, org_id, instance_id, contact_id, sent_at, now
-        )
-        seq = last_seq + 1
-        message_id = _new_id()
-        inserted = (
-            await conn.execute(
-                sql.INSERT_MESSAGE,
-                {
-                    "id": message_id,
-                    "org_id": org_id,
-                    "conversation_id": conversation_id,
-                    "instance_id": instance_id,
-                    "seq": seq,
-                    "gateway_message_id": message.gateway_message_id,
-                    "direction": message.direction,
-                    "type": message.type,
-                    "body": message.body,
-                    "status": message.status,
-                    "sent_at": sent_at,
-                    "raw": raw_without_inline_media(message),
-                    "now": now,
-                },
-            )
-        ).scalar_one_or_none()
-        if inserted is None:
-            return None  # a redelivery: no seq consumed, because the summary is bumped only below
-        await conn.execute(
-            sql.UPDATE_SUMMARY,
-            {
-                "conversation_id": conversation_id,
-                "seq": seq,
-                "sent_at": sent_at,
-                "preview": preview_text(message.body, message.type),
-                "direction": message.direction.value,
-                "inbound": message.direction is Direction.INBOUND,
-                "now": now,
-            },
-        )
+        params = {
+            "org_id": org_id,
+            "instance_id": instance_id,
+            "wa_id": message.chat_id,
+            # The push name on the business's own messages is the business's, not the contact's.
+            "contact_name": message.contact_name if message.direction is Direction.INBOUND else None,
+            "gateway_message_id": message.gateway_message_id,
+            "direction": message.direction.value,
+            "type": message.type.value,
+            "body": message.body,
+            "status": message.status.value,
+            "sent_at": sent_at,
+            "raw": raw_without_inline_media(message),
+            "preview": preview_text(message.body, message.type),
+            "now": now,
+            "message_id": _new_id(),
+            "new_contact_id": _new_id(),
+            "new_conversation_id": _new_id(),
+        }
+        row = (await conn.execute(sql.INGEST_MESSAGE, params)).first()
+        if row is None:
+            return None  # a redelivery of a message we already have
         media_id = (
-            await self._create_media(conn, org_id, message_id, message.media, now) if message.media else None
+            await self._create_media(conn, org_id, row.message_id, message.media, now)
+            if message.media
+            else None
         )
         return StoredMessage(
-            id=message_id,
-            conversation_id=conversation_id,
-            seq=seq,
+            id=row.message_id,
+            conversation_id=row.conversation_id,
+            seq=row.seq,
             gateway_message_id=message.gateway_message_id,
             direction=message.direction,
             media_id=media_id,
