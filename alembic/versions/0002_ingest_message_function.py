@@ -46,7 +46,12 @@ CREATE OR REPLACE FUNCTION crm_ingest_message(
     p_message_id uuid,            -- ids for the rows this call may create
     p_new_contact_id uuid,
     p_new_conversation_id uuid
-) RETURNS TABLE (message_id uuid, conversation_id uuid, seq bigint)
+) RETURNS TABLE (
+    message_id uuid, conversation_id uuid, seq bigint,
+    -- the conversation's summary after this message, for the inbox event published after commit
+    contact_id uuid, contact_name text, status text, last_message_at timestamptz,
+    last_message_preview text, last_message_direction text, unread_count integer
+)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_contact_id uuid;
@@ -54,6 +59,11 @@ DECLARE
     v_conversation_id uuid;
     v_last_seq bigint;
     v_inbound boolean := p_direction = 'inbound';
+    v_status text;
+    v_last_message_at timestamptz;
+    v_preview text;
+    v_last_direction text;
+    v_unread integer;
 BEGIN
     SELECT c.id, c.name INTO v_contact_id, v_contact_name
       FROM contacts c WHERE c.org_id = p_org_id AND c.wa_id = p_wa_id;
@@ -62,7 +72,7 @@ BEGIN
         VALUES (p_new_contact_id, p_org_id, p_wa_id, p_contact_name, p_now, p_now)
         ON CONFLICT ON CONSTRAINT uq_contacts_org_wa_id
             DO UPDATE SET name = coalesce(EXCLUDED.name, c.name), updated_at = p_now
-        RETURNING c.id INTO v_contact_id;
+        RETURNING c.id, c.name INTO v_contact_id, v_contact_name;
     END IF;
 
     SELECT cv.id, cv.last_seq INTO v_conversation_id, v_last_seq
@@ -101,9 +111,12 @@ BEGIN
         unread_count = CASE WHEN v_inbound THEN cv.unread_count + 1 ELSE 0 END,
         status = CASE WHEN v_inbound AND cv.status = 'closed' THEN 'open' ELSE cv.status END,
         updated_at = p_now
-     WHERE cv.id = v_conversation_id;
+     WHERE cv.id = v_conversation_id
+    RETURNING cv.status, cv.last_message_at, cv.last_message_preview, cv.last_message_direction, cv.unread_count
+         INTO v_status, v_last_message_at, v_preview, v_last_direction, v_unread;
 
-    RETURN QUERY SELECT p_message_id, v_conversation_id, v_last_seq + 1;
+    RETURN QUERY SELECT p_message_id, v_conversation_id, v_last_seq + 1, v_contact_id, v_contact_name,
+                        v_status, v_last_message_at, v_preview, v_last_direction, v_unread;
 END
 $$;
 """

@@ -84,6 +84,16 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class RealtimeSettings:
+    heartbeat_s: int = 25  # protocol ping interval; a connection missing two is closed
+    queue_size: int = 512  # frames waiting for one slow socket before it gets `resync` and is closed
+    max_frame_bytes: int = 4096  # client frames are small commands
+    frames_per_second: float = 20.0  # per connection, with a burst of twice that
+    catch_up_interval_s: float = 2.0  # how often rooms are checked against Postgres for lost publishes
+    replay_page: int = 200  # messages per query while replaying
+
+
+@dataclass(frozen=True)
 class AppSettings:
     environment: str = "dev"
     public_base_url: str = "http://127.0.0.1:3001"
@@ -101,6 +111,7 @@ class Settings:
     db: DatabaseSettings
     redis: RedisSettings
     auth: AuthSettings
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -121,6 +132,15 @@ class Settings:
             )
         cache_size = _env("DB_STATEMENT_CACHE_SIZE")
         return cls(
+            realtime=RealtimeSettings(
+                heartbeat_s=_env_int("WS_HEARTBEAT_SECONDS", RealtimeSettings.heartbeat_s),
+                queue_size=_env_int("WS_QUEUE_SIZE", RealtimeSettings.queue_size),
+                max_frame_bytes=_env_int("WS_MAX_FRAME_BYTES", RealtimeSettings.max_frame_bytes),
+                frames_per_second=float(_env("WS_FRAMES_PER_SECOND") or RealtimeSettings.frames_per_second),
+                catch_up_interval_s=float(
+                    _env("WS_CATCH_UP_SECONDS") or RealtimeSettings.catch_up_interval_s
+                ),
+            ),
             app=AppSettings(
                 environment=environment,
                 public_base_url=(_env("PUBLIC_BASE_URL", AppSettings.public_base_url) or "").rstrip("/"),

@@ -27,9 +27,14 @@ from app.domain.accounts.auth import TokenIssuer, build_jwt_auth
 from app.domain.accounts.controllers import AuthController
 from app.domain.conversations.controllers import ConversationController
 from app.domain.gateways.controllers import WebhookController
+from app.domain.realtime.controllers import realtime_socket
+from app.domain.realtime.history import History
+from app.domain.realtime.hub import Hub
+from app.domain.realtime.publisher import EventPublisher
 from app.domain.stats.health import HealthController
 from app.lib.errors import problem_details_config, server_error_handlers
 from app.lib.logging import structlog_plugin
+from app.server.signals import close_sockets_on_sigterm
 
 # Ordinary JSON requests are small; only webhooks may carry inline base64 media.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -64,12 +69,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
     jwt_auth = build_jwt_auth(settings)
     token_issuer = TokenIssuer(jwt_auth, settings.auth.token_ttl_seconds)
     redis = Redis.from_url(settings.redis.url)
+    database = sqlalchemy_config(settings)
+    publisher = EventPublisher(redis, settings.redis.key_prefix)
+    hub = Hub(
+        settings.redis.url,
+        settings.redis.key_prefix,
+        History(database.create_session_maker()),
+        settings.realtime,
+    )
 
     @asynccontextmanager
-    async def redis_lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def realtime_lifespan(_: Litestar) -> AsyncIterator[None]:
+        hub.start()
+        restore_signals = close_sockets_on_sigterm(hub)
         try:
             yield
         finally:
+            restore_signals()
+            await hub.stop()
             await redis.aclose()
 
     # Brute-force guard on the one endpoint that takes a password; counted in Redis so every process agrees.
@@ -83,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.app.webhook_max_body_bytes,
     )
     return Litestar(
-        route_handlers=[auth, ConversationController, HealthController, webhooks],
+        route_handlers=[auth, ConversationController, HealthController, webhooks, realtime_socket],
         stores={
             "login_rate_limit": RedisStore(redis, namespace=f"{settings.redis.key_prefix}:login-rate-limit")
         },
@@ -91,15 +108,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "token_issuer": Provide(lambda: token_issuer, use_cache=True, sync_to_thread=False),
             "redis": Provide(lambda: redis, use_cache=True, sync_to_thread=False),
+            "publisher": Provide(lambda: publisher, use_cache=True, sync_to_thread=False),
+            "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
         },
         plugins=[
-            SQLAlchemyPlugin(config=sqlalchemy_config(settings)),
+            SQLAlchemyPlugin(config=database),
             ProblemDetailsPlugin(problem_details_config),
             structlog_plugin(settings.app.log_level, settings.app.log_json),
         ],
         on_app_init=[jwt_auth.on_app_init],
         exception_handlers=server_error_handlers,  # type: ignore[arg-type]
-        lifespan=[redis_lifespan],
+        lifespan=[realtime_lifespan],
         cors_config=CORSConfig(
             allow_origins=settings.app.cors_allowed_origins,
             allow_credentials=True,

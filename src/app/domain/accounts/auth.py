@@ -32,7 +32,8 @@ class CurrentAgent(msgspec.Struct, frozen=True):
     email: str
 
 
-def _current_agent_from_token(token: Token, _: ASGIConnection[Any, Any, Any, Any]) -> CurrentAgent | None:
+def agent_from_token(token: Token) -> CurrentAgent:
+    """The agent a verified token speaks for; NotAuthorizedException if its claims are incomplete."""
     try:
         return CurrentAgent(
             id=UUID(token.sub),
@@ -44,11 +45,16 @@ def _current_agent_from_token(token: Token, _: ASGIConnection[Any, Any, Any, Any
         raise NotAuthorizedException("token is missing required claims") from exc
 
 
+def _current_agent_from_token(token: Token, _: ASGIConnection[Any, Any, Any, Any]) -> CurrentAgent | None:
+    return agent_from_token(token)
+
+
 # What an authenticated handler receives: `request.user` is the calling agent.
 AgentRequest = Request[CurrentAgent, Token, State]
 
 # Paths that answer without a token: webhooks are verified by their own signature or secret.
-PUBLIC_PATHS = ["^/api/auth/login$", "^/api/webhooks/", "^/schema", "^/health$", "^/ready$"]
+# /ws checks its own token (from the query string, where browsers can put it).
+PUBLIC_PATHS = ["^/api/auth/login$", "^/api/webhooks/", "^/schema", "^/health$", "^/ready$", "^/ws$"]
 
 
 def build_jwt_auth(settings: Settings) -> JWTAuth[CurrentAgent, Token]:

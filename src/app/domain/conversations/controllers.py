@@ -6,12 +6,14 @@ from typing import Annotated
 from uuid import UUID
 
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from app.db.models import ConversationStatus
 from app.domain.accounts.auth import AgentRequest
 from app.domain.conversations.schemas import ConversationOut, ConversationPage, MessagePage, ReadMarker
 from app.domain.conversations.services import ConversationFilters, ConversationService, MessageService
+from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
 from app.lib.pagination import ActivityCursor
@@ -56,8 +58,11 @@ class ConversationController(Controller):
         request: AgentRequest,
         db_session: DbSession,
         conversation_id: FromPath[UUID],
+        publisher: NamedDependency[EventPublisher],
     ) -> ReadMarker:
-        return await ConversationService(db_session).mark_read(request.user.org_id, conversation_id)
+        return await ConversationService(db_session, publisher).mark_read(
+            request.user.org_id, conversation_id
+        )
 
     @get("/messages/{conversation_id:uuid}", summary="History: latest page, or before/after a seq")
     async def list_messages(

@@ -49,13 +49,39 @@ STATUS_PREDECESSORS: dict[MessageStatus, tuple[MessageStatus, ...]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """A conversation's inbox line right after a write (what `conversation.updated` carries)."""
+
+    conversation_id: UUID
+    instance_id: UUID
+    contact_id: UUID
+    contact_wa_id: str
+    contact_name: str | None
+    status: str
+    last_message_at: datetime
+    last_message_preview: str | None
+    last_message_direction: str | None
+    unread_count: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
+    """A message as committed: everything `message.created` needs, so publishing costs no query."""
+
     id: UUID
     conversation_id: UUID
     seq: int
     gateway_message_id: str
     direction: Direction
+    type: MessageType
+    body: str | None
+    status: MessageStatus
+    sent_at: datetime
+    received_at: datetime
     media_id: UUID | None
+    media_mime_type: str | None
+    summary: ConversationSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +196,26 @@ class IngestService:
             seq=row.seq,
             gateway_message_id=message.gateway_message_id,
             direction=message.direction,
+            type=message.type,
+            body=message.body,
+            status=message.status,
+            sent_at=sent_at,
+            received_at=now,
             media_id=media_id,
+            media_mime_type=message.media.mime_type if message.media else None,
+            summary=ConversationSummary(
+                conversation_id=row.conversation_id,
+                instance_id=instance_id,
+                contact_id=row.contact_id,
+                contact_wa_id=message.chat_id,
+                contact_name=row.contact_name,
+                status=row.status,
+                last_message_at=row.last_message_at,
+                last_message_preview=row.last_message_preview,
+                last_message_direction=row.last_message_direction,
+                unread_count=row.unread_count,
+                last_seq=row.seq,
+            ),
         )
 
     async def _create_media(

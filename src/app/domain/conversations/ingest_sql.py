@@ -17,19 +17,24 @@ media: Table = Media.__table__  # type: ignore[assignment]
 
 # A new message's whole write path (contact, conversation lock, message, summary) in one round trip:
 # the function crm_ingest_message() of migration 0002, which documents the steps. No row back = redelivery.
-INGEST_MESSAGE = text(
-    "SELECT message_id, conversation_id, seq FROM crm_ingest_message("
-    ":org_id, :instance_id, :wa_id, :contact_name, :gateway_message_id, :direction, :type, :body, :status, "
-    ":sent_at, :raw, :preview, :now, :message_id, :new_contact_id, :new_conversation_id)"
-).bindparams(
-    bindparam("org_id", type_=Uuid()),
-    bindparam("instance_id", type_=Uuid()),
-    bindparam("message_id", type_=Uuid()),
-    bindparam("new_contact_id", type_=Uuid()),
-    bindparam("new_conversation_id", type_=Uuid()),
-    bindparam("sent_at", type_=DateTime(timezone=True)),
-    bindparam("now", type_=DateTime(timezone=True)),
-    bindparam("raw", type_=JSONB()),
+INGEST_MESSAGE = (
+    text(
+        "SELECT message_id, conversation_id, seq, contact_id, contact_name, status, last_message_at, "
+        "last_message_preview, last_message_direction, unread_count FROM crm_ingest_message("
+        ":org_id, :instance_id, :wa_id, :contact_name, :gateway_message_id, :direction, :type, :body, "
+        ":status, :sent_at, :raw, :preview, :now, :message_id, :new_contact_id, :new_conversation_id)"
+    )
+    .bindparams(
+        bindparam("org_id", type_=Uuid()),
+        bindparam("instance_id", type_=Uuid()),
+        bindparam("message_id", type_=Uuid()),
+        bindparam("new_contact_id", type_=Uuid()),
+        bindparam("new_conversation_id", type_=Uuid()),
+        bindparam("sent_at", type_=DateTime(timezone=True)),
+        bindparam("now", type_=DateTime(timezone=True)),
+        bindparam("raw", type_=JSONB()),
+    )
+    .columns(last_message_at=DateTime(timezone=True))
 )
 
 INSERT_MEDIA = insert(media).values(

@@ -19,6 +19,8 @@ from app.domain.conversations.schemas import (
     MessagePage,
     ReadMarker,
 )
+from app.domain.realtime.events import conversation_envelope
+from app.domain.realtime.publisher import EventPublisher
 from app.lib.errors import problem
 from app.lib.pagination import ActivityCursor
 
@@ -45,7 +47,7 @@ def _conversation_out(row: Row) -> ConversationOut:
     )
 
 
-def _message_out(message: Message, media: Media | None) -> MessageOut:
+def message_out(message: Message, media: Media | None) -> MessageOut:
     return MessageOut(
         id=message.id,
         conversation_id=message.conversation_id,
@@ -70,8 +72,9 @@ def _message_out(message: Message, media: Media | None) -> MessageOut:
 
 
 class ConversationService:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, publisher: EventPublisher | None = None) -> None:
         self.session = session
+        self.publisher = publisher
 
     async def list_conversations(
         self, org_id: UUID, filters: ConversationFilters, cursor: ActivityCursor | None, limit: int
@@ -126,6 +129,9 @@ class ConversationService:
             await self.session.rollback()
             raise problem(404, "conversation not found")
         await self.session.commit()
+        if self.publisher is not None:  # every open inbox of the org shows the chat as read
+            snapshot = await self.get_conversation(org_id, conversation_id)
+            await self.publisher.publish(org_id, [conversation_envelope(snapshot)])
         return ReadMarker(conversation_id=conversation_id, unread_count=0)
 
 
@@ -164,7 +170,7 @@ class MessageService:
                 query = query.where(Message.seq < before_seq)
             query = query.order_by(Message.seq.desc())
         rows = (await self.session.execute(query.limit(limit))).all()
-        items = [_message_out(row.Message, row.Media) for row in rows]
+        items = [message_out(row.Message, row.Media) for row in rows]
         if after_seq is None:
             items.reverse()
         if items:

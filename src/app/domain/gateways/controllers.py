@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from app.domain.gateways.base import WebhookRequest
@@ -8,6 +9,7 @@ from app.domain.gateways.cloudapi.webhook import verify_subscription
 from app.domain.gateways.instances import credentials_of
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.gateways.service import WebhookService
+from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
 
@@ -20,12 +22,17 @@ class WebhookController(Controller):
 
     @post("/{gateway:str}/{instance:str}", status_code=200, summary="Receive a gateway webhook")
     async def receive(
-        self, request: Request, gateway: FromPath[str], instance: FromPath[str], db_session: DbSession
+        self,
+        request: Request,
+        gateway: FromPath[str],
+        instance: FromPath[str],
+        db_session: DbSession,
+        publisher: NamedDependency[EventPublisher],
     ) -> WebhookAck:
         webhook = WebhookRequest(
             body=await request.body(), headers=request.headers, query=dict(request.query_params)
         )
-        received = await WebhookService(db_session).receive(gateway, instance, webhook)
+        received = await WebhookService(db_session, publisher).receive(gateway, instance, webhook)
         result = received.result
         return WebhookAck(
             status="ok",

@@ -14,6 +14,8 @@ from app.domain.gateways.base import WebhookRequest
 from app.domain.gateways.events import GatewayEvent, IgnoredEvent
 from app.domain.gateways.instances import ReceivingInstance, credentials_of, find_receiving_instance
 from app.domain.gateways.registry import get_adapter
+from app.domain.realtime.events import envelopes_for_ingest
+from app.domain.realtime.publisher import EventPublisher
 from app.lib.errors import problem
 
 log = structlog.get_logger()
@@ -48,8 +50,9 @@ def _reject_foreign_accounts(instance: ReceivingInstance, events: list[GatewayEv
 
 
 class WebhookService:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, publisher: EventPublisher | None = None) -> None:
         self.session = session
+        self.publisher = publisher
 
     async def find_instance(self, gateway: str, instance_name: str) -> ReceivingInstance:
         try:
@@ -83,6 +86,12 @@ class WebhookService:
                     log.warning("webhook transaction retried", sqlstate=_sqlstate(exc), attempt=attempt)
                     continue
                 raise
+            # After the commit, never inside it (invariant 4); a failed publish is caught up from Postgres.
+            published = (
+                await self.publisher.publish(org_id, envelopes_for_ingest(result))
+                if self.publisher
+                else False
+            )
             log.info(
                 "webhook committed",
                 gateway=gateway,
@@ -91,6 +100,15 @@ class WebhookService:
                 duplicates=result.duplicates,
                 statuses=len(result.statuses),
                 ignored=result.ignored,
+                published=published,
             )
+            for stored in result.created:
+                log.info(
+                    "message persisted and notified",
+                    message_id=str(stored.id),
+                    conversation_id=str(stored.conversation_id),
+                    seq=stored.seq,
+                    published=published,
+                )
             return Received(instance=instance, result=result)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,263 @@
+"""One agent's WebSocket: its rooms, its bounded outgoing queue, and the seam between replay and live.
+
+Per room the connection remembers the highest seq it has sent (`delivered`). Live `message.created`
+events at delivered+1 go straight out; older ones are duplicates and dropped; newer ones mean a gap (an
+out-of-order publish from another process, or a lost one), so the room is filled from Postgres first.
+While a replay or fill runs, live events for that room wait in `pending` and are merged after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
+
+import msgspec
+import structlog
+from litestar import WebSocket
+
+from app.config import RealtimeSettings
+from app.domain.accounts.auth import CurrentAgent
+from app.domain.realtime.events import Envelope, EventKind
+from app.domain.realtime.frames import (
+    Error,
+    MessageCreated,
+    Ping,
+    Pong,
+    ReplayDone,
+    Resync,
+    ServerFrame,
+    Subscribe,
+    Unsubscribe,
+    client_frame_decoder,
+    encode,
+)
+from app.domain.realtime.history import History
+
+if TYPE_CHECKING:
+    from app.domain.realtime.hub import Hub
+
+log = structlog.get_logger()
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+class _Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+@dataclass(slots=True)
+class RoomCursor:
+    delivered: int  # highest message seq this socket has been sent
+    busy: bool = True  # replay or gap fill running: live events wait in `pending`
+    pending: list[Envelope] = field(default_factory=list)
+
+
+class TokenBucket:
+    """Client frames allowed per second, with a burst; flooding beyond it closes the socket."""
+
+    def __init__(self, rate: float, clock: _Clock = time.monotonic) -> None:
+        self.rate, self.capacity = rate, 2 * rate
+        self.tokens, self.clock, self.stamp = self.capacity, clock, clock()
+        self.refused = 0
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused = 0
+            return True
+        self.refused += 1
+        return False
+
+
+class Connection:
+    def __init__(
+        self, socket: WebSocket, agent: CurrentAgent, hub: Hub, history: History, settings: RealtimeSettings
+    ) -> None:
+        self.id = secrets.token_urlsafe(9)
+        self.agent = agent
+        self.socket = socket
+        self.hub = hub
+        self.history = history
+        self.settings = settings
+        self.rooms: dict[UUID, RoomCursor] = {}
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max(settings.queue_size, 2))
+        self.closing: tuple[int, str] | None = None
+        self.bucket = TokenBucket(settings.frames_per_second)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def org_id(self) -> UUID:
+        return self.agent.org_id
+
+    # -- outgoing -------------------------------------------------------------------------------
+    def send(self, frame: str) -> None:
+        """Queue a frame without waiting (the hub's path): a full queue means a slow consumer."""
+        if self.closing is not None:
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            log.warning("websocket consumer too slow", connection_id=self.id, user_id=str(self.agent.id))
+            self.close_soon(CLOSE_TRY_AGAIN_LATER, "slow consumer", resync=True)
+
+    def send_frame(self, frame: ServerFrame) -> None:
+        self.send(encode(frame))
+
+    async def send_in_order(self, frame: ServerFrame) -> None:
+        """Queue a frame, waiting for room (replays: only this connection's own task waits)."""
+        if self.closing is None:
+            await self.queue.put(encode(frame))
+
+    def close_soon(self, code: int, reason: str, *, resync: bool = False) -> None:
+        """Drop what is queued (the client must reload anyway), tell it why, and close."""
+        if self.closing is not None:
+            return
+        self.closing = (code, reason)
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        if resync:
+            self.queue.put_nowait(encode(Resync(reason=reason)))
+        self.queue.put_nowait(None)
+
+    async def run_writer(self) -> None:
+        while (frame := await self.queue.get()) is not None:
+            await self.socket.send_text(frame)
+        code, reason = self.closing or (1000, "")
+        await self.socket.close(code=code, reason=reason)
+
+    # -- incoming -------------------------------------------------------------------------------
+    async def run_reader(self) -> None:
+        while self.closing is None:
+            event = await self.socket.receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            text = event.get("text")
+            if not isinstance(text, str):
+                self.send_frame(Error(code="invalid_frame", detail="frames are JSON text"))
+                continue
+            if (
+                len(text) > self.settings.max_frame_bytes
+                or len(text.encode()) > self.settings.max_frame_bytes
+            ):
+                self.send_frame(
+                    Error(code="frame_too_large", detail=f"at most {self.settings.max_frame_bytes} bytes")
+                )
+                continue
+            if not self.bucket.take():
+                if self.bucket.refused == 1:
+                    self.send_frame(Error(code="rate_limited", detail="too many frames; slow down"))
+                elif self.bucket.refused > self.bucket.capacity:
+                    self.close_soon(CLOSE_POLICY, "flooding")
+                continue
+            try:
+                frame = client_frame_decoder.decode(text)
+            except msgspec.ValidationError as exc:
+                self.send_frame(Error(code="invalid_frame", detail=str(exc)))
+                continue
+            except msgspec.DecodeError:
+                self.send_frame(Error(code="invalid_frame", detail="not valid JSON"))
+                continue
+            if isinstance(frame, Ping):
+                self.send_frame(Pong())
+            elif isinstance(frame, Subscribe):
+                await self.subscribe(frame.conversation_id, frame.after_seq)
+            elif isinstance(frame, Unsubscribe):
+                self.unsubscribe(frame.conversation_id)
+
+    async def subscribe(self, conversation_id: UUID, after_seq: int | None) -> None:
+        if after_seq is not None and after_seq < 0:
+            self.send_frame(Error(code="invalid_frame", detail="after_seq must be >= 0"))
+            return
+        last_seq = await self.history.room_last_seq(self.org_id, conversation_id)
+        if last_seq is None:  # unknown, or another organisation's: the same answer, nothing leaked
+            self.send_frame(Error(code="not_found", detail=f"conversation {conversation_id} not found"))
+            return
+        self.unsubscribe(conversation_id)
+        # Join first, read second: whatever commits after the read arrives live and waits in `pending`.
+        cursor = RoomCursor(delivered=last_seq if after_seq is None else min(after_seq, last_seq))
+        self.rooms[conversation_id] = cursor
+        self.hub.join(self, conversation_id)
+        await self._fill(conversation_id, cursor)
+
+    def unsubscribe(self, conversation_id: UUID) -> None:
+        if self.rooms.pop(conversation_id, None) is not None:
+            self.hub.leave(self, conversation_id)
+
+    # -- room events ----------------------------------------------------------------------------
+    def room_event(self, envelope: Envelope) -> None:
+        cursor = self.rooms.get(envelope.conversation_id)
+        if cursor is not None:
+            self._deliver(envelope.conversation_id, cursor, envelope)
+
+    def ensure_caught_up(self, conversation_id: UUID, last_seq: int) -> None:
+        """The periodic check found the room ahead of this socket (a publish was lost): fill the gap."""
+        cursor = self.rooms.get(conversation_id)
+        if cursor is not None and not cursor.busy and cursor.delivered < last_seq:
+            cursor.busy = True
+            self._spawn(self._fill(conversation_id, cursor))
+
+    def _deliver(self, conversation_id: UUID, cursor: RoomCursor, envelope: Envelope) -> None:
+        if cursor.busy:
+            cursor.pending.append(envelope)
+            if len(cursor.pending) > self.queue.maxsize:
+                self.close_soon(CLOSE_TRY_AGAIN_LATER, "slow consumer", resync=True)
+            return
+        if envelope.kind is EventKind.MESSAGE_CREATED:
+            if envelope.seq <= cursor.delivered:
+                return  # already sent (by a replay, or a second publish of the same event)
+            if envelope.seq > cursor.delivered + 1:
+                cursor.busy = True
+                cursor.pending.append(envelope)
+                self._spawn(self._fill(conversation_id, cursor))
+                return
+            cursor.delivered = envelope.seq
+        self.send(envelope.frame)
+
+    async def _fill(self, conversation_id: UUID, cursor: RoomCursor) -> None:
+        """Send every message after `delivered` from Postgres, then merge what arrived live meanwhile."""
+        try:
+            while True:
+                page = await self.history.messages_after(
+                    conversation_id, cursor.delivered, self.settings.replay_page
+                )
+                for message in page:
+                    await self.send_in_order(MessageCreated(conversation_id, message.seq, message))
+                    cursor.delivered = message.seq
+                if len(page) < self.settings.replay_page:
+                    break
+        except Exception:
+            log.exception(
+                "websocket replay failed", connection_id=self.id, conversation_id=str(conversation_id)
+            )
+            cursor.pending.clear()
+            cursor.busy = False
+            self.send_frame(Resync(conversation_id=conversation_id, reason="replay failed"))
+            return
+        if self.rooms.get(conversation_id) is not cursor:
+            return  # unsubscribed (or subscribed afresh) while we were reading
+        pending, cursor.pending = sorted(cursor.pending, key=lambda e: e.seq), []
+        cursor.busy = False
+        await self.send_in_order(ReplayDone(conversation_id=conversation_id, seq=cursor.delivered))
+        for envelope in pending:
+            self._deliver(conversation_id, cursor, envelope)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()

@@ -1,0 +1,96 @@
+"""`GET /ws`: one socket per browser tab, authenticated by the login token in `?token=`.
+
+Browsers cannot set headers on a WebSocket, hence the query parameter. The seed's `?userId=` named a user
+without proving anything, so anyone could read anyone's inbox: it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException
+from litestar.security.jwt import Token
+
+from app.config import Settings
+from app.domain.accounts.auth import CurrentAgent, agent_from_token
+from app.domain.realtime.connection import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, Connection
+from app.domain.realtime.frames import Ready
+from app.domain.realtime.hub import Hub
+
+log = structlog.get_logger()
+
+
+def _authenticate(socket: WebSocket, settings: Settings) -> tuple[CurrentAgent, float] | str:
+    """(agent, token expiry) or the reason to refuse."""
+    token = socket.query_params.get("token")
+    if not token:
+        if "userId" in socket.query_params:
+            return "userId is not accepted; pass the login token as ?token="
+        return "missing token"
+    try:
+        decoded = Token.decode(token, secret=settings.auth.jwt_secret, algorithm=settings.auth.algorithm)
+        return agent_from_token(decoded), decoded.exp.timestamp()
+    except NotAuthorizedException:
+        return "invalid or expired token"
+
+
+def _origin_allowed(socket: WebSocket, settings: Settings) -> bool:
+    # Browsers always send Origin; a page on another site must not ride an agent's token.
+    origin = socket.headers.get("origin")
+    allowed = settings.app.cors_allowed_origins
+    return origin is None or "*" in allowed or origin in allowed
+
+
+@websocket("/ws", opt={"skip_auth": True})
+async def realtime_socket(
+    socket: WebSocket, settings: NamedDependency[Settings], hub: NamedDependency[Hub]
+) -> None:
+    await socket.accept()
+    if not _origin_allowed(socket, settings):
+        await socket.close(code=CLOSE_FORBIDDEN, reason="origin not allowed")
+        return
+    authenticated = _authenticate(socket, settings)
+    if isinstance(authenticated, str):
+        await socket.close(code=CLOSE_UNAUTHORIZED, reason=authenticated)
+        return
+    agent, expires_at = authenticated
+    connection = Connection(socket, agent, hub, hub.history, settings.realtime)
+    hub.register(connection)
+    started = time.monotonic()
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, expires_at - time.time()), connection.close_soon, CLOSE_UNAUTHORIZED, "token expired"
+    )
+    log.info(
+        "websocket connected", connection_id=connection.id, user_id=str(agent.id), org_id=str(agent.org_id)
+    )
+    connection.send_frame(
+        Ready(user_id=agent.id, connection_id=connection.id, heartbeat_s=settings.realtime.heartbeat_s)
+    )
+    reader = asyncio.create_task(connection.run_reader())
+    writer = asyncio.create_task(connection.run_writer())
+    try:
+        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done and writer not in done:
+            # The client went away (or its frames ended): let the writer close the socket properly.
+            connection.close_soon(1000, "")
+            await asyncio.wait({writer}, timeout=5)
+    except Exception:
+        log.exception("websocket failed", connection_id=connection.id)
+    finally:
+        expiry.cancel()
+        for task in (reader, writer):
+            task.cancel()
+        connection.cancel_tasks()
+        hub.unregister(connection)
+        code = connection.closing[0] if connection.closing else None
+        log.info(
+            "websocket disconnected",
+            connection_id=connection.id,
+            user_id=str(agent.id),
+            seconds=round(time.monotonic() - started, 1),
+            close_code=code,
+        )

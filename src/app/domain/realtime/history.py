@@ -1,0 +1,52 @@
+"""The database reads the WebSocket side needs, each in a short session of its own.
+
+A socket lives for hours; holding a session (and a pooled connection) for its life would exhaust the pool
+with idle agents, so every read opens and closes its own (ARCHITECTURE pitfalls).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from uuid import UUID
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Conversation, Media, Message
+from app.domain.conversations.schemas import MessageOut
+from app.domain.conversations.services import message_out
+
+
+class History:
+    def __init__(self, sessionmaker: Callable[[], AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+
+    async def room_last_seq(self, org_id: UUID, conversation_id: UUID) -> int | None:
+        """The conversation's last seq, or None when it does not exist for this organisation."""
+        async with self._sessionmaker() as session:
+            last_seq: int | None = await session.scalar(
+                select(Conversation.last_seq).where(
+                    Conversation.id == conversation_id, Conversation.org_id == org_id
+                )
+            )
+            return last_seq
+
+    async def messages_after(self, conversation_id: UUID, after_seq: int, limit: int) -> list[MessageOut]:
+        async with self._sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(Message, Media)
+                    .outerjoin(Media, Media.message_id == Message.id)
+                    .where(Message.conversation_id == conversation_id, Message.seq > after_seq)
+                    .order_by(Message.seq)
+                    .limit(limit)
+                )
+            ).all()
+            return [message_out(row.Message, row.Media) for row in rows]
+
+    async def last_seqs(self, conversation_ids: Sequence[UUID]) -> dict[UUID, int]:
+        async with self._sessionmaker() as session:
+            rows = await session.execute(
+                select(Conversation.id, Conversation.last_seq).where(Conversation.id.in_(conversation_ids))
+            )
+            return {row.id: row.last_seq for row in rows}

@@ -1,0 +1,183 @@
+"""Per-process registry of sockets and rooms, fed by one Redis pattern subscription.
+
+Every API process subscribes to all organisations' channels once (PSUBSCRIBE), so joining a room is a
+dictionary insert, not a Redis round trip, and there is no window in which a new room is not yet
+subscribed. Rooms are plain dicts of sets, deleted when their last socket leaves: nothing grows with churn
+(the Litestar channels leaks, litestar #4867/#4871/#4894, do not apply).
+
+Two loops run for the life of the process: the listener (reconnects with backoff when Redis goes away) and
+the catch-up check, which compares each local room with Postgres every few seconds and fills what a lost
+publish left out; it also runs at once after the listener reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from uuid import UUID
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.config import RealtimeSettings
+from app.domain.realtime.connection import CLOSE_GOING_AWAY, Connection
+from app.domain.realtime.events import Envelope, envelope_decoder, org_channel_pattern, org_of_channel
+from app.domain.realtime.history import History
+
+log = structlog.get_logger()
+
+_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+class Hub:
+    def __init__(self, redis_url: str, key_prefix: str, history: History, settings: RealtimeSettings) -> None:
+        self.redis_url = redis_url
+        self.key_prefix = key_prefix
+        self.history = history
+        self.settings = settings
+        self._orgs: dict[UUID, set[Connection]] = {}
+        self._rooms: dict[UUID, set[Connection]] = {}
+        self._check_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.subscribed = asyncio.Event()  # set while the Redis subscription is live
+        self.frames_routed = 0
+
+    # -- membership -----------------------------------------------------------------------------
+    def register(self, connection: Connection) -> None:
+        self._orgs.setdefault(connection.org_id, set()).add(connection)
+
+    def unregister(self, connection: Connection) -> None:
+        for conversation_id in list(connection.rooms):
+            connection.unsubscribe(conversation_id)
+        members = self._orgs.get(connection.org_id)
+        if members is not None:
+            members.discard(connection)
+            if not members:
+                del self._orgs[connection.org_id]
+
+    def join(self, connection: Connection, conversation_id: UUID) -> None:
+        self._rooms.setdefault(conversation_id, set()).add(connection)
+
+    def leave(self, connection: Connection, conversation_id: UUID) -> None:
+        members = self._rooms.get(conversation_id)
+        if members is not None:
+            members.discard(connection)
+            if not members:
+                del self._rooms[conversation_id]
+
+    @property
+    def connections(self) -> Iterable[Connection]:
+        for members in self._orgs.values():
+            yield from members
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "connections": sum(len(m) for m in self._orgs.values()),
+            "users": len({c.agent.id for c in self.connections}),
+            "rooms": len(self._rooms),
+            "organisations": len(self._orgs),
+        }
+
+    # -- routing --------------------------------------------------------------------------------
+    def dispatch(self, org_id: UUID, envelope: Envelope) -> int:
+        """Hand an event to the local sockets it concerns; returns how many got it."""
+        if envelope.for_room:
+            targets = tuple(c for c in self._rooms.get(envelope.conversation_id, ()) if c.org_id == org_id)
+            for connection in targets:
+                connection.room_event(envelope)
+        else:
+            targets = tuple(self._orgs.get(org_id, ()))
+            for connection in targets:
+                connection.send(envelope.frame)
+        self.frames_routed += len(targets)
+        if targets and envelope.for_room:
+            log.info(
+                "new message notified",
+                conversation_id=str(envelope.conversation_id),
+                seq=envelope.seq,
+                kind=envelope.kind.value,
+                connections=len(targets),
+                users=len({c.agent.id for c in targets}),
+            )
+        return len(targets)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._catch_up())]
+
+    async def stop(self) -> None:
+        self.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def close_all(self, code: int, reason: str) -> None:
+        for connection in tuple(self.connections):
+            connection.close_soon(code, reason)
+
+    async def _listen(self) -> None:
+        attempt = 0
+        while True:
+            client = Redis.from_url(self.redis_url)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(org_channel_pattern(self.key_prefix))
+                self.subscribed.set()
+                if attempt:
+                    log.info("realtime subscription restored", attempts=attempt)
+                    self._check_now.set()  # whatever was published while we were away comes from Postgres
+                attempt = 0
+                async for message in pubsub.listen():
+                    try:
+                        self._on_message(message)
+                    except Exception:  # one bad event must not stop delivery of the others
+                        log.exception("realtime event dispatch failed")
+            except (RedisError, OSError) as exc:
+                self.subscribed.clear()
+                delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
+                attempt += 1
+                log.warning("realtime subscription lost", error=type(exc).__name__, retry_in_s=delay)
+                await asyncio.sleep(delay)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+                    await client.aclose()
+
+    def _on_message(self, message: dict[str, object]) -> None:
+        if message.get("type") != "pmessage":
+            return
+        channel = message["channel"]
+        org_id = org_of_channel(
+            self.key_prefix, channel.decode() if isinstance(channel, bytes) else str(channel)
+        )
+        data = message["data"]
+        if org_id is None or not isinstance(data, bytes):
+            return
+        try:
+            envelope = envelope_decoder.decode(data)
+        except msgspec.DecodeError:
+            log.warning("undecodable realtime event dropped", channel=str(channel))
+            return
+        self.dispatch(org_id, envelope)
+
+    async def _catch_up(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), self.settings.catch_up_interval_s)
+            self._check_now.clear()
+            room_ids = list(self._rooms)
+            if not room_ids:
+                continue
+            try:
+                last_seqs = await self.history.last_seqs(room_ids)
+            except Exception as exc:  # database down: try again next round
+                log.warning("realtime catch-up check failed", error=type(exc).__name__)
+                continue
+            for conversation_id, last_seq in last_seqs.items():
+                for connection in tuple(self._rooms.get(conversation_id, ())):
+                    connection.ensure_caught_up(conversation_id, last_seq)

@@ -1,0 +1,42 @@
+"""Publishing after commit (ARCHITECTURE invariant 4): best effort, never failing the request.
+
+A publish lost here (Redis down, process killed right after commit) is not a lost message: every API
+process compares its rooms with Postgres every few seconds and replays what its sockets missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.domain.realtime.events import Envelope, envelope_encoder, org_channel
+
+log = structlog.get_logger()
+
+_PUBLISH_TIMEOUT_S = 0.5  # a hung Redis must not hold a webhook's 200
+
+
+class EventPublisher:
+    def __init__(self, redis: Redis, key_prefix: str) -> None:
+        self._redis = redis
+        self._prefix = key_prefix
+
+    async def publish(self, org_id: UUID, envelopes: list[Envelope]) -> bool:
+        """Send the envelopes to every API process; False if Redis could not take them (logged)."""
+        if not envelopes:
+            return True
+        channel = org_channel(self._prefix, org_id)
+        try:
+            async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for envelope in envelopes:
+                        pipe.publish(channel, envelope_encoder.encode(envelope))
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("publish failed; catch-up will deliver", org_id=str(org_id), error=type(exc).__name__)
+            return False
+        return True
