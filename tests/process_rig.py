@@ -7,10 +7,8 @@ the test fails. The helpers are synchronous where they wait for processes, so th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
-import json
 import os
 import signal
 import socket
@@ -18,17 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
-from websockets.typing import Origin
 
 from app.config import Settings
 
@@ -262,75 +255,3 @@ async def login_token(base_url: str, email: str, password: str) -> str:
         response = await http.post("/api/auth/login", json={"email": email, "password": password})
         response.raise_for_status()
         return str(response.json()["access_token"])
-
-
-class WsClient:
-    """JSON frames over one WebSocket connection, with every wait bounded."""
-
-    def __init__(self, conn: ClientConnection) -> None:
-        self._conn = conn
-
-    @classmethod
-    async def connect(
-        cls, ws_url: str, token: str | None, *, origin: str | None = None, path: str = "/ws"
-    ) -> WsClient:
-        query = f"?{urlencode({'token': token})}" if token is not None else ""
-        conn = await connect(
-            f"{ws_url}{path}{query}",
-            origin=Origin(origin) if origin is not None else None,
-            proxy=None,  # websockets honours *_PROXY variables by default; loopback must go direct
-            open_timeout=5.0,
-            close_timeout=2.0,
-        )
-        return cls(conn)
-
-    async def __aenter__(self) -> WsClient:
-        return self
-
-    async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
-        await self.close()
-
-    @property
-    def close_code(self) -> int | None:
-        return self._conn.close_code
-
-    @property
-    def close_reason(self) -> str | None:
-        return self._conn.close_reason
-
-    async def send_json(self, obj: Any) -> None:
-        await self._conn.send(json.dumps(obj))
-
-    async def recv_json(self, timeout: float = 5.0) -> Json:
-        """The next frame; TimeoutError if none arrives in time (websockets makes cancelling recv safe)."""
-        async with asyncio.timeout(timeout):
-            message: Json = json.loads(await self._conn.recv())
-        return message
-
-    async def recv_until(self, predicate: Callable[[Json], bool], timeout: float = 5.0) -> Json:
-        """The first frame matching predicate within timeout; earlier frames are dropped."""
-        async with asyncio.timeout(timeout):
-            while True:
-                message: Json = json.loads(await self._conn.recv())
-                if predicate(message):
-                    return message
-
-    async def drain(self, timeout: float = 0.2) -> list[Json]:
-        """Every frame arriving within timeout (stops early if the connection closes)."""
-        messages: list[Json] = []
-        with contextlib.suppress(TimeoutError, ConnectionClosed):
-            async with asyncio.timeout(timeout):
-                while True:
-                    messages.append(json.loads(await self._conn.recv()))
-        return messages
-
-    async def expect_close(self, timeout: float = 5.0) -> int:
-        """Wait for the server to close (frames meanwhile are dropped); 1006 if it sent no close frame."""
-        async with asyncio.timeout(timeout):
-            with contextlib.suppress(ConnectionClosed):
-                while True:
-                    await self._conn.recv()
-        return self._conn.close_code or 1006
-
-    async def close(self) -> None:
-        await self._conn.close()

@@ -20,7 +20,8 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from app.config import Settings
 from tests.factories import PASSWORD, create_tenant
-from tests.process_rig import WsClient, api_processes, env_for, login_token, private_redis
+from tests.process_rig import api_processes, env_for, login_token, private_redis
+from tests.ws_client import WsClient
 
 
 def test_env_for_reproduces_the_settings(settings: Settings) -> None:

@@ -27,7 +27,7 @@ from app.domain.accounts.auth import TokenIssuer, build_jwt_auth
 from app.domain.accounts.controllers import AuthController
 from app.domain.conversations.controllers import ConversationController
 from app.domain.gateways.controllers import WebhookController
-from app.domain.realtime.controllers import realtime_socket
+from app.domain.realtime.controllers import realtime_socket, websocket_info
 from app.domain.realtime.history import History
 from app.domain.realtime.hub import Hub
 from app.domain.realtime.publisher import EventPublisher
@@ -100,7 +100,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.app.webhook_max_body_bytes,
     )
     return Litestar(
-        route_handlers=[auth, ConversationController, HealthController, webhooks, realtime_socket],
+        route_handlers=[
+            auth,
+            ConversationController,
+            HealthController,
+            webhooks,
+            realtime_socket,
+            websocket_info,
+        ],
         stores={
             "login_rate_limit": RedisStore(redis, namespace=f"{settings.redis.key_prefix}:login-rate-limit")
         },

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import structlog
-from litestar import WebSocket, websocket
+from litestar import WebSocket, get, websocket
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException
 from litestar.security.jwt import Token
@@ -18,7 +19,7 @@ from litestar.security.jwt import Token
 from app.config import Settings
 from app.domain.accounts.auth import CurrentAgent, agent_from_token
 from app.domain.realtime.connection import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, Connection
-from app.domain.realtime.frames import Ready
+from app.domain.realtime.frames import CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES, Ready
 from app.domain.realtime.hub import Hub
 
 log = structlog.get_logger()
@@ -94,3 +95,31 @@ async def realtime_socket(
             seconds=round(time.monotonic() - started, 1),
             close_code=code,
         )
+
+
+class WebsocketInfo(msgspec.Struct, frozen=True):
+    """What a frontend needs to connect, and how busy this process's socket side is."""
+
+    url_path: str
+    auth: str
+    protocol: int
+    heartbeat_s: int
+    client_frames: list[str]
+    server_frames: list[str]
+    process: dict[str, int]
+
+
+@get(
+    "/api/whatsapp-optimized/websocket/info",
+    summary="How to connect to /ws, and this process's socket counts",
+)
+async def websocket_info(settings: NamedDependency[Settings], hub: NamedDependency[Hub]) -> WebsocketInfo:
+    return WebsocketInfo(
+        url_path="/ws",
+        auth="?token=<access_token from POST /api/auth/login>",
+        protocol=PROTOCOL_VERSION,
+        heartbeat_s=settings.realtime.heartbeat_s,
+        client_frames=sorted(CLIENT_FRAME_TYPES),
+        server_frames=sorted(SERVER_FRAME_TYPES),
+        process=hub.counts(),
+    )

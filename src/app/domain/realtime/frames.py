@@ -13,6 +13,7 @@ from __future__ import annotations
 from uuid import UUID
 
 import msgspec
+import msgspec.inspect
 
 from app.domain.conversations.schemas import ConversationOut, MediaOut, MessageOut
 
@@ -114,6 +115,21 @@ ServerFrame = (
     | Pong
     | Error
     | Resync
+)
+CLIENT_FRAME_TYPES = frozenset(msgspec.inspect.type_info(t).tag for t in (Subscribe, Unsubscribe, Ping))  # type: ignore[attr-defined]
+SERVER_FRAME_TYPES = frozenset(
+    msgspec.inspect.type_info(t).tag  # type: ignore[attr-defined]
+    for t in (
+        Ready,
+        MessageCreated,
+        MessageUpdated,
+        ConversationUpdated,
+        MediaReady,
+        ReplayDone,
+        Pong,
+        Error,
+        Resync,
+    )
 )
 _encoder = msgspec.json.Encoder()
 
