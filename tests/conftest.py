@@ -28,6 +28,7 @@ from app.config import (
 )
 from app.lib.embedded import dev_services
 from tests.databases import scratch_database
+from tests.process_rig import ApiProcess, api_processes, env_for
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +103,10 @@ async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
 
 def pytest_configure(config: Any) -> None:
     os.environ.setdefault("APP_ENV", "test")
+
+
+@pytest.fixture(scope="session")
+def api_pair(settings: Settings) -> Iterator[list[ApiProcess]]:
+    """Two real API processes on two ports sharing this run's Postgres and Redis."""
+    with api_processes(2, env_for(settings, WS_CATCH_UP_SECONDS="1")) as processes:
+        yield processes

@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
 import httpx
-import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.config import Settings
 from app.db.models import Contact, Conversation, WhatsAppInstance
 from app.domain.conversations.ingest import IngestService
 from tests.events import text_message
 from tests.factories import PASSWORD, Tenant, create_tenant
-from tests.process_rig import ApiProcess, api_processes, env_for, login_token
+from tests.process_rig import ApiProcess, login_token
 from tests.webhooks import fixture_for, signed_headers, with_message_id
 from tests.ws_client import WsClient
 
 GATEWAY = "evolution"
-
-
-@pytest.fixture(scope="module")
-def pair(settings: Settings) -> Iterator[list[ApiProcess]]:
-    with api_processes(2, env_for(settings, WS_CATCH_UP_SECONDS="1")) as processes:
-        yield processes
 
 
 async def post_text(
@@ -85,15 +76,17 @@ async def collect_created(client: WsClient, count: int, timeout: float = 10.0) -
     return frames
 
 
-async def tenant_with_conversation(session, process: ApiProcess) -> tuple[Tenant, str, str]:  # type: ignore[no-untyped-def]
+async def tenant_with_conversation(session: AsyncSession, process: ApiProcess) -> tuple[Tenant, str, str]:
     tenant = await create_tenant(session)
     await post_text(process, tenant.instance(GATEWAY), "SEED-1", "first")
     token = await login_token(process.base_url, tenant.agent.email, PASSWORD)
     return tenant, token, await first_conversation(process, token)
 
 
-async def test_webhook_on_process_a_reaches_client_on_process_b(pair: list[ApiProcess], session):  # type: ignore[no-untyped-def]
-    a, b = pair
+async def test_webhook_on_process_a_reaches_client_on_process_b(
+    api_pair: list[ApiProcess], session: AsyncSession
+):
+    a, b = api_pair
     tenant, token, conversation_id = await tenant_with_conversation(session, a)
     client = await open_room(b, token, conversation_id, after_seq=1)
     assert await created_seqs_until_done(client, conversation_id) == []
@@ -111,15 +104,17 @@ async def test_webhook_on_process_a_reaches_client_on_process_b(pair: list[ApiPr
     await client.close()
 
 
-async def test_reconnect_with_after_seq_receives_exactly_the_missed_messages(pair: list[ApiProcess], session):  # type: ignore[no-untyped-def]
-    a, b = pair
+async def test_reconnect_with_after_seq_receives_exactly_the_missed_messages(
+    api_pair: list[ApiProcess], session
+):  # type: ignore[no-untyped-def]
+    a, b = api_pair
     tenant, token, conversation_id = await tenant_with_conversation(session, a)
     client = await open_room(b, token, conversation_id, after_seq=0)
     assert await created_seqs_until_done(client, conversation_id) == [1]
     await client.close()
 
     for i in range(50):  # while the agent is offline, half through each process
-        await post_text(pair[i % 2], tenant.instance(GATEWAY), f"MISSED-{i}", f"missed {i}")
+        await post_text(api_pair[i % 2], tenant.instance(GATEWAY), f"MISSED-{i}", f"missed {i}")
 
     again = await open_room(b, token, conversation_id, after_seq=1)
     assert await created_seqs_until_done(again, conversation_id) == list(range(2, 52))
@@ -130,15 +125,17 @@ async def test_reconnect_with_after_seq_receives_exactly_the_missed_messages(pai
     await again.close()
 
 
-async def test_messages_arriving_during_replay_are_neither_lost_nor_repeated(pair: list[ApiProcess], session):  # type: ignore[no-untyped-def]
-    a, b = pair
+async def test_messages_arriving_during_replay_are_neither_lost_nor_repeated(
+    api_pair: list[ApiProcess], session
+):  # type: ignore[no-untyped-def]
+    a, b = api_pair
     tenant, token, conversation_id = await tenant_with_conversation(session, a)
     for i in range(30):
         await post_text(a, tenant.instance(GATEWAY), f"BEFORE-{i}", f"before {i}")
 
     async def keep_posting() -> None:
         for i in range(40):
-            await post_text(pair[i % 2], tenant.instance(GATEWAY), f"DURING-{i}", f"during {i}")
+            await post_text(api_pair[i % 2], tenant.instance(GATEWAY), f"DURING-{i}", f"during {i}")
 
     poster = asyncio.create_task(keep_posting())
     client = await open_room(b, token, conversation_id, after_seq=0)
@@ -149,9 +146,11 @@ async def test_messages_arriving_during_replay_are_neither_lost_nor_repeated(pai
     await client.close()
 
 
-async def test_a_lost_publish_still_reaches_subscribers(pair: list[ApiProcess], session, engine: AsyncEngine):  # type: ignore[no-untyped-def]
+async def test_a_lost_publish_still_reaches_subscribers(
+    api_pair: list[ApiProcess], session, engine: AsyncEngine
+):  # type: ignore[no-untyped-def]
     """A message committed without any publish (as if the process died right after commit) arrives anyway."""
-    a, b = pair
+    a, b = api_pair
     tenant, token, conversation_id = await tenant_with_conversation(session, a)
     client = await open_room(b, token, conversation_id, after_seq=1)
     assert await created_seqs_until_done(client, conversation_id) == []
@@ -177,9 +176,9 @@ async def test_a_lost_publish_still_reaches_subscribers(pair: list[ApiProcess], 
 
 
 async def test_other_organisations_conversation_is_not_found_and_their_events_stay_theirs(
-    pair: list[ApiProcess], session
+    api_pair: list[ApiProcess], session
 ):  # type: ignore[no-untyped-def]
-    a, b = pair
+    a, b = api_pair
     ours, our_token, our_conversation = await tenant_with_conversation(session, a)
     theirs, _, their_conversation = await tenant_with_conversation(session, a)
     client = await WsClient.connect(b.ws_url, our_token)

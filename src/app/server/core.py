@@ -19,7 +19,6 @@ from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsPlugin
-from litestar.stores.redis import RedisStore
 from redis.asyncio import Redis
 
 from app.config import Settings, get_settings
@@ -34,6 +33,8 @@ from app.domain.realtime.publisher import EventPublisher
 from app.domain.stats.health import HealthController
 from app.lib.errors import problem_details_config, server_error_handlers
 from app.lib.logging import structlog_plugin
+from app.lib.redaction import redact_server_logs
+from app.lib.stores import FailOpenRedisStore
 from app.server.signals import close_sockets_on_sigterm
 
 # Ordinary JSON requests are small; only webhooks may carry inline base64 media.
@@ -66,9 +67,11 @@ def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    redact_server_logs()
     jwt_auth = build_jwt_auth(settings)
     token_issuer = TokenIssuer(jwt_auth, settings.auth.token_ttl_seconds)
     redis = Redis.from_url(settings.redis.url)
+    prefix = settings.redis.key_prefix
     database = sqlalchemy_config(settings)
     publisher = EventPublisher(redis, settings.redis.key_prefix)
     hub = Hub(
@@ -108,9 +111,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             realtime_socket,
             websocket_info,
         ],
-        stores={
-            "login_rate_limit": RedisStore(redis, namespace=f"{settings.redis.key_prefix}:login-rate-limit")
-        },
+        stores={"login_rate_limit": FailOpenRedisStore(redis, namespace=f"{prefix}:login-rate-limit")},
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "token_issuer": Provide(lambda: token_issuer, use_cache=True, sync_to_thread=False),
