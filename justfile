@@ -24,6 +24,10 @@ test *args: install
 migrate: install
     {{embedded}} -- uv run alembic upgrade head
 
+# Run only the API (production-style: uvicorn with the WebSocket keepalive settings)
+serve: install
+    {{embedded}} -- uv run python -m app.server.run
+
 # Run only the arq worker
 worker: install
     {{embedded}} -- uv run arq app.workers.settings.WorkerSettings
@@ -42,8 +46,12 @@ demo-data: install
 bench-ingest: install
     {{embedded}} --ephemeral -- uv run python -m tests.bench.ingest
 
+# Real-time benchmark: webhook -> WebSocket frame latency across 2 API processes, idle memory per socket
+bench-realtime: install
+    {{embedded}} --ephemeral -- uv run python -m tests.bench.realtime
+
 # All benchmarks
-bench: bench-ingest
+bench: bench-ingest bench-realtime
 
 # The `app` CLI (admin commands) with the dev services' URLs
 app *args: install

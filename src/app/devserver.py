@@ -69,19 +69,7 @@ def _serve() -> None:
         previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         children: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            children["uvicorn"] = _spawn(
-                [
-                    "uvicorn",
-                    "app.asgi:app",
-                    "--host",
-                    host,
-                    "--port",
-                    port,
-                    "--timeout-graceful-shutdown",
-                    "10",
-                ],
-                env,
-            )
+            children["api"] = _spawn(["app.server.run"], {**env, "HOST": host, "PORT": port})
             children["arq"] = _spawn(["arq", "app.workers.settings.WorkerSettings"], env)
             while not stopping and all(child.poll() is None for child in children.values()):
                 time.sleep(0.1)
