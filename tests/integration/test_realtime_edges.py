@@ -223,3 +223,28 @@ async def test_room_churn_leaves_no_rooms_and_flat_memory(
         assert info["process"]["rooms"] == 0
         assert after - before < 4 * 1024, f"RSS grew {after - before} KiB over {cycles} cycles"
         await client.close()
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(settings: Settings, session: AsyncSession):
+    # The same keepalive app.server.run configures (interval = heartbeat, timeout = two heartbeats), at 1 s.
+    keepalive = ["--ws-ping-interval", "1", "--ws-ping-timeout", "2"]
+    with api_processes(1, env_for(settings, WS_HEARTBEAT_SECONDS="1"), extra_args=keepalive) as (process,):
+        tenant = await create_tenant(session)
+        token = await login_token(process.base_url, tenant.agent.email, PASSWORD)
+        silent = StalledClient(process.port, f"/ws?token={token}")  # never reads, so never answers a ping
+        answering = await ready_client(process, token)  # the library answers pings by itself
+
+        async def open_sockets() -> int:
+            async with httpx.AsyncClient(base_url=process.base_url, trust_env=False) as http:
+                info = await http.get(
+                    "/api/whatsapp-optimized/websocket/info", headers={"Authorization": f"Bearer {token}"}
+                )
+            return int(info.json()["process"]["connections"])
+
+        assert await open_sockets() == 2
+        await asyncio.sleep(4.5)  # past two missed pings
+        assert await open_sockets() == 1
+        await answering.send_json({"type": "ping"})
+        assert await answering.recv_json() == {"type": "pong"}
+        silent.close()
+        await answering.close()
