@@ -180,7 +180,12 @@ class Connection:
         if after_seq is not None and after_seq < 0:
             self.send_frame(Error(code="invalid_frame", detail="after_seq must be >= 0"))
             return
-        last_seq = await self.history.room_last_seq(self.org_id, conversation_id)
+        try:
+            last_seq = await self.history.room_last_seq(self.org_id, conversation_id)
+        except Exception as exc:  # database unavailable: the socket stays up, the client may retry
+            log.warning("websocket subscribe failed", connection_id=self.id, error=type(exc).__name__)
+            self.send_frame(Error(code="unavailable", detail="could not subscribe now; try again"))
+            return
         if last_seq is None:  # unknown, or another organisation's: the same answer, nothing leaked
             self.send_frame(Error(code="not_found", detail=f"conversation {conversation_id} not found"))
             return

@@ -94,7 +94,7 @@ class Pong(_ServerFrame, frozen=True, tag="pong"):
 
 
 class Error(_ServerFrame, frozen=True, tag="error"):
-    code: str  # invalid_frame · frame_too_large · rate_limited · not_found · invalid_id
+    code: str  # invalid_frame · frame_too_large · rate_limited · not_found · unavailable
     detail: str
 
 

@@ -1,0 +1,286 @@
+"""`just bench-realtime`: webhook POST start -> `message.created` frame at every agent of the room, p50/p99,
+across 2 API processes, next to a minimal Redis -> WebSocket relay measured in the same run; and the
+memory one API process spends per idle socket. Prints figures; it passes or fails nothing.
+
+    uv run python -m tests.bench.realtime [--rate 500] [--seconds 6] [--rooms 300] [--agents-per-room 3]
+                                          [--orgs 1] [--idle 5000]
+
+DATABASE_URL and REDIS_URL come from the environment (`just` starts throw-away servers); the run works in a
+scratch database and a Redis key prefix of its own. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import time
+from uuid import UUID
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from app.config import AppSettings, AuthSettings, DatabaseSettings, RealtimeSettings, RedisSettings, Settings
+from app.domain.accounts.auth import TokenIssuer, build_jwt_auth
+from tests.bench.ingest import _evolution_body
+from tests.bench.loadgen import HttpConnection
+from tests.bench.realtime_clients import Recorder, RoomSockets, body_for, drain, paced, percentile_ms
+from tests.bench.realtime_idle import idle_memory, raise_fd_limit
+from tests.bench.realtime_relay import relay_processes
+from tests.databases import plain_dsn, scratch_database
+from tests.factories import Tenant, create_tenant
+from tests.process_rig import ApiProcess, api_processes, env_for
+
+# Like app.server.run (production): no per-message deflate, the protocol heartbeat as uvicorn's ping.
+UVICORN_ARGS = ["--ws-per-message-deflate", "False", "--ws-ping-interval", "25", "--ws-ping-timeout", "50"]
+HTTP_CONNECTIONS_PER_PROCESS = 32  # enough that a POST never waits for a free connection at 500/s
+DRAIN_S = 10.0
+
+
+def _settings(database_url: str) -> Settings:
+    return Settings(
+        app=AppSettings(environment="bench", log_level="WARNING", log_json=True),
+        db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=10),
+        redis=RedisSettings(url=os.environ["REDIS_URL"], key_prefix=f"crm-bench-{secrets.token_hex(4)}"),
+        auth=AuthSettings(jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=3600),
+        # Subscribing 900 sockets is one frame each, but the limit must never be what is measured.
+        realtime=RealtimeSettings(frames_per_second=10_000.0),
+    )
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+class Scenario:
+    """Tenants, one conversation per room (made by a first webhook each), and the tokens to watch them."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, tenants: list[Tenant]) -> None:
+        self.args, self.tenants = args, tenants
+        issuer = TokenIssuer(build_jwt_auth(settings), settings.auth.token_ttl_seconds)
+        self.tokens = [issuer.issue(t.agent) for t in tenants]  # what POST /api/auth/login would return
+        self.chats = [f"55119{r:08d}" for r in range(args.rooms)]
+        self.rooms: list[str] = []
+        self.last_seqs: list[int] = []
+
+    def tenant_of(self, room: int) -> int:
+        return room % len(self.tenants)
+
+    def webhook(self, room: int, message_id: str, text: str) -> tuple[str, bytes, dict[str, str]]:
+        instance = self.tenants[self.tenant_of(room)].instance("evolution")
+        headers = {"Content-Type": "application/json", "X-Webhook-Secret": instance.webhook_secret}
+        body = _evolution_body(instance.name, message_id, self.chats[room], text)
+        return f"/api/webhooks/evolution/{instance.name}", body, headers
+
+    def socket_targets(self, ws_urls: list[str], query: bool) -> list[tuple[str, str, int]]:
+        """(url, room, after_seq) per socket. Messages of room r are posted to process r % 2 (see `send`);
+        agents alternate starting on the other one, so most deliveries cross processes."""
+        targets = []
+        for r, room in enumerate(self.rooms):
+            for a in range(self.args.agents_per_room):
+                url = ws_urls[(r + 1 + a) % len(ws_urls)]
+                url += f"/ws?token={self.tokens[self.tenant_of(r)]}" if query else ""
+                targets.append((url, room, self.last_seqs[r]))
+        return targets
+
+
+async def _create_rooms(scenario: Scenario, procs: list[ApiProcess], database_url: str) -> None:
+    conns = [await HttpConnection.open("127.0.0.1", p.port) for p in procs]
+    try:
+        for r in range(len(scenario.chats)):
+            status, payload, _ = await conns[r % len(conns)].post(*scenario.webhook(r, f"SETUP{r:08d}", "hi"))
+            if status != 200:
+                raise RuntimeError(f"setup webhook answered {status}: {payload[:300]!r}")
+    finally:
+        for conn in conns:
+            await conn.close()
+    db = await asyncpg.connect(plain_dsn(database_url))
+    try:
+        rows = await db.fetch(
+            "SELECT ct.wa_id, c.id, c.last_seq FROM conversations c JOIN contacts ct ON ct.id = c.contact_id"
+        )
+    finally:
+        await db.close()
+    by_chat: dict[str, tuple[UUID, int]] = {row["wa_id"]: (row["id"], row["last_seq"]) for row in rows}
+    scenario.rooms = [str(by_chat[chat][0]) for chat in scenario.chats]
+    scenario.last_seqs = [by_chat[chat][1] for chat in scenario.chats]
+
+
+async def _api_run(scenario: Scenario, procs: list[ApiProcess], recorder: Recorder) -> dict[str, object]:
+    args = scenario.args
+    sockets = RoomSockets(recorder)
+    await sockets.open_all(scenario.socket_targets([p.ws_url for p in procs], query=True))
+    pools: list[asyncio.Queue[HttpConnection]] = []
+    for proc in procs:
+        pool: asyncio.Queue[HttpConnection] = asyncio.Queue()
+        for _ in range(HTTP_CONNECTIONS_PER_PROCESS):
+            pool.put_nowait(await HttpConnection.open("127.0.0.1", proc.port))
+        pools.append(pool)
+    requests = [scenario.webhook(n % args.rooms, f"RT{n:08d}", body_for(n)) for n in range(recorder.total)]
+    statuses: dict[int, int] = {}
+
+    async def send(n: int) -> None:
+        pool = pools[(n % args.rooms) % len(pools)]
+        conn = await pool.get()
+        try:
+            recorder.t0[n] = time.perf_counter()
+            status, _, _ = await conn.post(*requests[n])
+            statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            pool.put_nowait(conn)
+
+    cpu_before = [_cpu_seconds(p.pid) for p in procs]
+    wall, bench_cpu = time.perf_counter(), time.process_time()
+    achieved, failures = await paced(recorder, args.rate, send)
+    expected = len(recorder.measured()) * args.agents_per_room
+    await drain(recorder, expected, DRAIN_S)
+    wall = time.perf_counter() - wall
+    cpu = [(_cpu_seconds(p.pid) - b) / wall for p, b in zip(procs, cpu_before, strict=True)]
+    bench_share = (time.process_time() - bench_cpu) / wall
+    lost = sockets.lost  # before close(): only what the server closed
+    await sockets.close()
+    for pool in pools:
+        while not pool.empty():
+            await pool.get_nowait().close()
+    return {
+        "achieved": achieved,
+        "failures": failures,
+        "statuses": statuses,
+        "lost": lost,
+        "cpu": cpu,
+        "bench_cpu": bench_share,
+    }
+
+
+async def _relay_run(scenario: Scenario, urls: list[str], recorder: Recorder, channel: str, frame: str) -> float:
+    sockets = RoomSockets(recorder)
+    await sockets.open_all(scenario.socket_targets(urls, query=False))
+    redis = Redis.from_url(os.environ["REDIS_URL"])
+    template_body = body_for(0)
+    args = scenario.args
+    payloads = [
+        f"{scenario.rooms[n % args.rooms]}\n{frame.replace(template_body, body_for(n))}".encode()
+        for n in range(recorder.total)
+    ]
+
+    async def send(n: int) -> None:
+        recorder.t0[n] = time.perf_counter()
+        await redis.publish(channel, payloads[n])
+
+    try:
+        achieved, _ = await paced(recorder, args.rate, send)
+        await drain(recorder, len(recorder.measured()) * args.agents_per_room, DRAIN_S)
+    finally:
+        await sockets.close()
+        await redis.aclose()
+    return achieved
+
+
+def _recorder(args: argparse.Namespace) -> Recorder:
+    warm = int(args.rate * args.warmup)
+    return Recorder(total=warm + int(args.rate * args.seconds), first=warm)
+
+
+async def run(args: argparse.Namespace, database_url: str) -> None:
+    raise_fd_limit(args.idle + 4 * args.rooms * args.agents_per_room + 1000)
+    settings = _settings(database_url)
+    engine = create_async_engine(database_url)
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        tenants = [await create_tenant(session) for _ in range(args.orgs)]
+    await engine.dispose()
+    scenario = Scenario(args, settings, tenants)
+    env = env_for(settings, DB_POOL_SIZE="20", DB_MAX_OVERFLOW="10")
+
+    api = _recorder(args)
+    with api_processes(2, env, extra_args=UVICORN_ARGS) as procs:
+        await _create_rooms(scenario, procs, database_url)
+        api_stats = await _api_run(scenario, procs, api)
+
+    relay = _recorder(args)
+    # The frame the API sent, so the relay moves the same bytes; its body is swapped per message.
+    frame = api.sample_frame or '{"type":"message.created","message":{"body":"rt-0000000"}}'
+    frame = frame.replace(frame[frame.find('"body":"rt-') + 8 :][:10], body_for(0))
+    channel = f"{settings.redis.key_prefix}:relay"
+    with relay_processes(2, os.environ["REDIS_URL"], channel) as urls:
+        relay_rate = await _relay_run(scenario, urls, relay, channel, frame)
+
+    with api_processes(1, env, extra_args=UVICORN_ARGS) as (proc,):
+        async with httpx.AsyncClient(base_url=proc.base_url, trust_env=False, timeout=10) as http:
+            token = scenario.tokens[0]
+
+            async def server_count() -> int:
+                info = await http.get(
+                    "/api/whatsapp-optimized/websocket/info", headers={"Authorization": f"Bearer {token}"}
+                )
+                return int(info.json()["process"]["connections"])
+
+            idle = await idle_memory(proc.pid, proc.port, token, args.idle, server_count)
+
+    _print(args, api, relay, api_stats, relay_rate, idle)
+
+
+def _print(args, api, relay, stats, relay_rate, idle) -> None:  # type: ignore[no-untyped-def]
+    agents = args.agents_per_room
+    expected = len(api.measured()) * agents
+    p99, relay_p99 = percentile_ms(api.latencies, 99), percentile_ms(relay.latencies, 99)
+    every = api.every_agent_latencies(agents)
+    cpu = " + ".join(f"{share:.0%}" for share in stats["cpu"])
+    print(
+        f"realtime benchmark: 2 API processes, {args.rooms} rooms x {agents} agents in {args.orgs} org(s), "
+        f"{args.rate:g} webhooks/s for {args.seconds:g} s ({os.cpu_count()} CPUs)"
+    )
+    print(
+        f"  webhook -> frame   p50 {percentile_ms(api.latencies, 50):6.2f} ms  p99 {p99:6.2f} ms  "
+        f"max {max(api.latencies, default=float('nan')) * 1000:5.0f} ms   ({len(api.measured())} messages, "
+        f"{api.deliveries()}/{expected} deliveries, {expected - api.deliveries()} missing)"
+    )
+    print(
+        f"    every agent      p50 {percentile_ms(every, 50):6.2f} ms  p99 {percentile_ms(every, 99):6.2f} ms"
+        f"   (per message, until the last socket of its room had it)"
+    )
+    print(
+        f"    offered {stats['achieved']:.0f} webhooks/s, statuses {stats['statuses']}, "
+        f"failed posts {stats['failures']}, sockets closed by server {stats['lost']}, "
+        f"{api.other_frames} inbox frames received"
+    )
+    print(f"    CPU while loaded: API {cpu}, bench client {stats['bench_cpu']:.0%}")
+    print(
+        f"  redis relay        p50 {percentile_ms(relay.latencies, 50):6.2f} ms  p99 {relay_p99:6.2f} ms  "
+        f"max {max(relay.latencies, default=float('nan')) * 1000:5.0f} ms   "
+        f"({relay.deliveries()}/{expected} deliveries at {relay_rate:.0f}/s; same fan-out, no HTTP/DB)"
+    )
+    print(f"  p99 ratio = {p99 / relay_p99:.2f}        goal: p99 <= 10 ms")
+    print(
+        f"  idle connections   {idle.held} held ({idle.failed} failed), RSS "
+        f"{(idle.after_kb - idle.before_kb) / 1024:+.1f} MB -> {idle.kb_per_connection:.1f} KB per connection"
+        f"   goal: <= 30 KB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=500.0, help="webhooks (and relay publishes) per second")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured load duration")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
+    parser.add_argument("--rooms", type=int, default=300)
+    parser.add_argument("--agents-per-room", type=int, default=3)
+    parser.add_argument("--orgs", type=int, default=1, help="rooms spread over this many organisations")
+    parser.add_argument("--idle", type=int, default=5000, help="idle sockets for the memory figure")
+    parser.add_argument("--timeout", type=float, default=900.0, help="hard limit on the whole run")
+    args = parser.parse_args()
+
+    async def bounded(url: str) -> None:
+        async with asyncio.timeout(args.timeout):
+            await run(args, url)
+
+    with scratch_database(os.environ["DATABASE_URL"], "crm_bench_rt") as url:
+        asyncio.run(bounded(url))
+
+
+if __name__ == "__main__":
+    main()
