@@ -40,7 +40,8 @@ class Recorder:
     received: list[int] = field(init=False)
     last_receipt: list[float] = field(init=False)
     latencies: list[float] = field(default_factory=list)
-    other_frames: int = 0  # conversation.updated and the like: the org-wide fan-out
+    other_frames: dict[str, int] = field(default_factory=dict)  # by type: conversation.updated is org-wide
+    acks: list[float] = field(default_factory=list)  # webhook POST start -> its 200 (API run only)
     sample_frame: str = ""
 
     def __post_init__(self) -> None:
@@ -50,7 +51,8 @@ class Recorder:
 
     def on_frame(self, text: str, now: float) -> None:
         if not text.startswith(_CREATED):
-            self.other_frames += 1
+            kind = text[9 : text.find('"', 9)]  # after '{"type":"'
+            self.other_frames[kind] = self.other_frames.get(kind, 0) + 1
             return
         at = text.find(_BODY_MARKER)
         if at < 0:
@@ -73,9 +75,7 @@ class Recorder:
 
     def every_agent_latencies(self, per_room: int) -> list[float]:
         """Per message: start until the last socket of its room had it (messages fully delivered only)."""
-        return [
-            self.last_receipt[i] - self.t0[i] for i in self.measured() if self.received[i] >= per_room
-        ]
+        return [self.last_receipt[i] - self.t0[i] for i in self.measured() if self.received[i] >= per_room]
 
 
 def percentile_ms(samples: list[float], q: float) -> float:

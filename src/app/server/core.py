@@ -32,6 +32,7 @@ from app.domain.realtime.hub import Hub
 from app.domain.realtime.publisher import EventPublisher
 from app.domain.stats.health import HealthController
 from app.lib.errors import problem_details_config, server_error_handlers
+from app.lib.jobs import JobQueue, queue_name
 from app.lib.logging import structlog_plugin
 from app.lib.redaction import redact_server_logs
 from app.lib.stores import FailOpenRedisStore
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     prefix = settings.redis.key_prefix
     database = sqlalchemy_config(settings)
     publisher = EventPublisher(redis, settings.redis.key_prefix)
+    jobs = JobQueue(settings.redis.url, queue_name(settings.redis.key_prefix))
     hub = Hub(
         settings.redis.url,
         settings.redis.key_prefix,
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             restore_signals()
             await hub.stop()
+            await jobs.close()
             await redis.aclose()
 
     # Brute-force guard on the one endpoint that takes a password; counted in Redis so every process agrees.
@@ -118,6 +121,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "redis": Provide(lambda: redis, use_cache=True, sync_to_thread=False),
             "publisher": Provide(lambda: publisher, use_cache=True, sync_to_thread=False),
             "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
+            "jobs": Provide(lambda: jobs, use_cache=True, sync_to_thread=False),
         },
         plugins=[
             SQLAlchemyPlugin(config=database),

@@ -5,18 +5,29 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from app.db.models import ConversationStatus
 from app.domain.accounts.auth import AgentRequest
-from app.domain.conversations.schemas import ConversationOut, ConversationPage, MessagePage, ReadMarker
+from app.domain.conversations.outbound import OutboundService
+from app.domain.conversations.schemas import (
+    ConversationOut,
+    ConversationPage,
+    MessageOut,
+    MessagePage,
+    ReadMarker,
+    SendMessageRequest,
+)
 from app.domain.conversations.services import ConversationFilters, ConversationService, MessageService
+from app.domain.realtime.events import envelopes_for_outbound
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
+from app.lib.jobs import JobQueue
 from app.lib.pagination import ActivityCursor
+from app.workers.sending import send_job_id
 
 PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="page size, at most 100")]
 
@@ -79,3 +90,27 @@ class ConversationController(Controller):
         return await MessageService(db_session).history(
             request.user.org_id, conversation_id, before_seq=before_seq, after_seq=after_seq, limit=limit
         )
+
+    @post("/messages/{conversation_id:uuid}", summary="Send a text message (idempotent by client_message_id)")
+    async def send_message(
+        self,
+        request: AgentRequest,
+        db_session: DbSession,
+        conversation_id: FromPath[UUID],
+        data: JSONBody[SendMessageRequest],
+        publisher: NamedDependency[EventPublisher],
+        jobs: NamedDependency[JobQueue],
+    ) -> Response[MessageOut]:
+        outbound = await OutboundService(db_session).create(
+            org_id=request.user.org_id,
+            author_id=request.user.id,
+            conversation_id=conversation_id,
+            text=data.text,
+            client_message_id=data.client_message_id,
+        )
+        if outbound.created:  # after commit: tell every open inbox and room, then hand it to the worker
+            await publisher.publish(request.user.org_id, envelopes_for_outbound(outbound))
+            await jobs.enqueue(
+                "send_message", str(outbound.message.id), job_id=send_job_id(outbound.message.id)
+            )
+        return Response(outbound.message, status_code=201 if outbound.created else 200)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 from uuid import UUID
+
+import msgspec
 
 from app.lib.schema import Schema
 
@@ -41,7 +44,7 @@ class MessageOut(Schema):
     id: UUID
     conversation_id: UUID
     seq: int
-    gateway_message_id: str
+    gateway_message_id: str | None  # null until the gateway accepted an outbound message
     direction: str
     type: str
     body: str | None
@@ -64,3 +67,11 @@ class MessagePage(Schema):
 class ReadMarker(Schema):
     conversation_id: UUID
     unread_count: int
+
+
+class SendMessageRequest(Schema):
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    # The client's idempotency key: a retry with the same key returns the same message, sent once.
+    client_message_id: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import msgspec
@@ -20,6 +21,9 @@ from app.domain.realtime.frames import (
     MessageUpdated,
     encode,
 )
+
+if TYPE_CHECKING:
+    from app.domain.conversations.outbound import Outbound
 
 
 class EventKind(enum.StrEnum):
@@ -137,3 +141,12 @@ def envelopes_for_ingest(result: IngestResult) -> list[Envelope]:
 
 def room_envelopes(envelopes: Iterable[Envelope]) -> list[Envelope]:
     return [e for e in envelopes if e.for_room]
+
+
+def envelopes_for_outbound(outbound: Outbound) -> list[Envelope]:
+    message = outbound.message
+    frame = MessageCreated(conversation_id=message.conversation_id, seq=message.seq, message=message)
+    return [
+        Envelope(EventKind.MESSAGE_CREATED, message.conversation_id, message.seq, encode(frame)),
+        conversation_envelope(snapshot_of(outbound.summary)),
+    ]

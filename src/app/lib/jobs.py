@@ -1,0 +1,67 @@
+"""Enqueueing arq jobs from the API, after commit, without making Redis a dependency of the request.
+
+The pool is opened lazily and re-opened after a failure: an API process starts, and answers, with Redis
+down. A job that could not be enqueued is not lost: the worker's sweep finds its row and enqueues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+import structlog
+from arq import ArqRedis, create_pool
+from arq.connections import RedisSettings
+from redis.exceptions import RedisError
+
+log = structlog.get_logger()
+
+_ENQUEUE_TIMEOUT_S = 1.0
+
+
+def queue_name(key_prefix: str) -> str:
+    """The arq queue of this deployment (several can share one Redis, see REDIS_KEY_PREFIX)."""
+    return f"{key_prefix}:queue"
+
+
+def serialize_job(data: dict[str, Any]) -> bytes:
+    return msgspec.msgpack.encode(data)
+
+
+def deserialize_job(data: bytes) -> dict[str, Any]:
+    decoded: dict[str, Any] = msgspec.msgpack.decode(data)
+    return decoded
+
+
+class JobQueue:
+    def __init__(self, redis_url: str, queue_name: str) -> None:
+        self._settings = RedisSettings.from_dsn(redis_url)
+        self._settings.conn_retries = 0  # fail fast; the sweep is the retry
+        self.queue_name = queue_name
+        self._pool: ArqRedis | None = None
+
+    async def enqueue(self, function: str, *args: Any, job_id: str) -> bool:
+        """Enqueue once per job_id (arq dedupes while the job or its result lives); False if Redis is down."""
+        try:
+            async with asyncio.timeout(_ENQUEUE_TIMEOUT_S):
+                if self._pool is None:
+                    self._pool = await create_pool(
+                        self._settings,
+                        job_serializer=serialize_job,
+                        job_deserializer=deserialize_job,
+                        default_queue_name=self.queue_name,
+                    )
+                await self._pool.enqueue_job(function, *args, _job_id=job_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("job not enqueued; the sweep will pick it up", job=function, error=type(exc).__name__)
+            await self.close()
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(RedisError, OSError):
+                await pool.aclose()
