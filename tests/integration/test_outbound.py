@@ -292,3 +292,40 @@ async def test_a_later_ack_webhook_moves_the_sent_message_forward(
     )
     assert response.status_code == 200 and response.json()["statuses"] == 1
     assert (await stored(session, message_id)).status.value == "read"
+
+
+async def test_the_gateways_echo_of_our_own_send_adopts_the_pending_row(
+    client: Client, session: AsyncSession, engine: AsyncEngine, gateway: FakeGateway
+):
+    """WPPConnect's onselfmessage (and Evolution's fromMe upsert) for a message the CRM is sending right now
+    can arrive before the send job stored the gateway's id: it must not become a second message."""
+    tenant, message_id = await _pending_message(client, session, engine, gateway)
+    await session.execute(
+        update(Message).where(Message.id == UUID(message_id)).values(sending_since=func.now())
+    )
+    await session.commit()
+    instance = tenant.instance(GATEWAY)
+    gateway_id = "true_5511944440000@c.us_3EB0ECHO0001"
+    echo = {
+        "event": "onselfmessage",
+        "session": instance.name,
+        "id": gateway_id,
+        "fromMe": True,
+        "from": "5511900000000@c.us",
+        "to": "5511944440000@c.us",
+        "body": "Seu pedido saiu",
+        "type": "chat",
+        "t": 1764000000,
+    }
+    response = await client.post(
+        f"/api/webhooks/{GATEWAY}/{instance.name}",
+        json=echo,
+        headers={"X-Webhook-Secret": instance.webhook_secret},
+    )
+    assert response.status_code == 200 and response.json()["created"] == 0, response.text
+    adopted = await stored(session, message_id)
+    assert adopted.gateway_message_id == gateway_id
+    count = await session.scalar(
+        select(func.count()).select_from(Message).where(Message.conversation_id == adopted.conversation_id)
+    )
+    assert count == 2  # the customer's first message and ours, nothing more

@@ -1,7 +1,7 @@
 """crm_ingest_message(): a new message's whole write path in one database round trip
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-24
 
 Ingest is the hot path. As six statements from Python it cost ~1 ms of client CPU per message and
@@ -13,6 +13,8 @@ invariants are the same as in IngestService's docstring:
   message: INSERT with seq = last_seq + 1, ON CONFLICT (instance, gateway id) DO NOTHING
            — a redelivery returns no row and consumes no seq, because the summary is bumped only after
   summary: last_seq, newest preview/time, unread (+1 inbound, 0 when the business replied), reopen if closed
+  echo:    a gateway's webhook for a message an agent sent from the CRM can arrive before the send job has
+           stored the gateway's id; it then adopts that pending row instead of adding a second one
 
 The caller owns the transaction (this function never commits) and passes pre-generated ids (UUIDv7).
 """
@@ -23,8 +25,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | None = "0001"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -89,6 +91,20 @@ BEGIN
             SELECT cv.id, cv.last_seq INTO v_conversation_id, v_last_seq
               FROM conversations cv WHERE cv.instance_id = p_instance_id AND cv.contact_id = v_contact_id
                FOR UPDATE;
+        END IF;
+    END IF;
+
+    IF p_direction = 'outbound' THEN
+        UPDATE messages m SET gateway_message_id = p_gateway_message_id, updated_at = p_now
+         WHERE m.id = (SELECT o.id FROM messages o
+                        WHERE o.conversation_id = v_conversation_id AND o.direction = 'outbound'
+                          AND o.gateway_message_id IS NULL AND o.sending_since IS NOT NULL
+                          AND o.body IS NOT DISTINCT FROM p_body
+                        ORDER BY o.seq LIMIT 1)
+           AND NOT EXISTS (SELECT 1 FROM messages d
+                            WHERE d.instance_id = p_instance_id AND d.gateway_message_id = p_gateway_message_id);
+        IF FOUND THEN
+            RETURN;  -- our own message, echoed: it already has its row and seq
         END IF;
     END IF;
 
