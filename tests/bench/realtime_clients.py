@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -39,15 +40,16 @@ class Recorder:
     t0: list[float] = field(init=False)
     received: list[int] = field(init=False)
     last_receipt: list[float] = field(init=False)
-    latencies: list[float] = field(default_factory=list)
+    acked: list[float] = field(init=False)  # when the webhook's response had arrived (API run only)
+    receipts: list[tuple[int, float]] = field(default_factory=list)  # (message, when), measured only
     other_frames: dict[str, int] = field(default_factory=dict)  # by type: conversation.updated is org-wide
-    acks: list[float] = field(default_factory=list)  # webhook POST start -> its 200 (API run only)
     sample_frame: str = ""
 
     def __post_init__(self) -> None:
         self.t0 = [math.nan] * self.total
         self.received = [0] * self.total
         self.last_receipt = [math.nan] * self.total
+        self.acked = [math.nan] * self.total
 
     def on_frame(self, text: str, now: float) -> None:
         if not text.startswith(_CREATED):
@@ -63,12 +65,24 @@ class Recorder:
             return
         self.received[number] += 1
         self.last_receipt[number] = now
-        self.latencies.append(now - self.t0[number])
+        self.receipts.append((number, now))
         if not self.sample_frame:
             self.sample_frame = text
 
     def measured(self) -> range:
         return range(self.first, self.total)
+
+    @property
+    def latencies(self) -> list[float]:
+        """Per delivery: POST (or publish) start -> frame received."""
+        return [now - self.t0[n] for n, now in self.receipts]
+
+    def after_response(self) -> list[float]:
+        """Per delivery: the webhook's response arrived -> frame received (negative: the frame came first)."""
+        return [now - self.acked[n] for n, now in self.receipts]
+
+    def acks(self) -> list[float]:
+        return [self.acked[n] - self.t0[n] for n in self.measured() if not math.isnan(self.acked[n])]
 
     def deliveries(self) -> int:
         return sum(self.received[i] for i in self.measured())
@@ -172,6 +186,20 @@ async def paced(
         await asyncio.wait(in_flight, timeout=30)
     count = recorder.total - recorder.first
     return (count - 1) / measured_for if measured_for > 0 and count > 1 else math.nan, failures
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No collector pauses in the bench process while it measures: they would show up as latency that
+    is the client's. What exists is frozen (out of every later collection); the window is seconds long."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 async def drain(recorder: Recorder, expected: int, timeout: float) -> None:

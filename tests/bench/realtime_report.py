@@ -19,6 +19,8 @@ class ApiStats:
     lost: int = 0  # sockets the server closed during the run
     api_cpu: list[float] = field(default_factory=list)  # share of one CPU, per API process
     bench_cpu: float = math.nan
+    machine_busy: float = math.nan  # CPUs busy, whole machine (Postgres, Redis and the kernel too)
+    connections: int = 0  # keep-alive connections the webhook sender needed
 
 
 def _figures(samples: list[float]) -> str:
@@ -40,10 +42,11 @@ def print_report(
     agents = args.agents_per_room
     expected = len(api.measured()) * agents
     p99, relay_p99 = percentile_ms(api.latencies, 99), percentile_ms(relay.latencies, 99)
+    orgs = args.orgs or args.rooms
     cpu = " + ".join(f"{share:.0%}" for share in stats.api_cpu)
     print(
         f"realtime benchmark: 2 API processes, {args.rooms} rooms x {agents} agents "
-        f"({args.orgs} orgs of ~{args.rooms * agents // args.orgs} sockets), {args.rate:g} webhooks/s "
+        f"({orgs} orgs of ~{args.rooms * agents // orgs} sockets), {args.rate:g} webhooks/s "
         f"for {args.seconds:g} s ({os.cpu_count()} CPUs)"
     )
     print(
@@ -53,12 +56,17 @@ def print_report(
     )
     every = api.every_agent_latencies(agents)
     print(f"    every agent      {_figures(every)}             (until the last socket of the room had it)")
-    print(f"    webhook 200      {_figures(api.acks)}  {_peak(api.acks)}   (POST start -> response)")
+    acks = api.acks()
+    print(f"    webhook 200      {_figures(acks)}  {_peak(acks)}   (POST start -> response)")
+    print(f"    frame after 200  {_figures(api.after_response())}   (response -> frame; < 0: frame first)")
     print(
         f"    offered {stats.achieved:.0f} webhooks/s, statuses {stats.statuses}, failed posts "
         f"{stats.failures}, sockets closed by server {stats.lost}; other frames {api.other_frames}"
     )
-    print(f"    CPU under load: API {cpu}, bench client {stats.bench_cpu:.0%} (each of one CPU)")
+    print(
+        f"    CPU under load: {stats.machine_busy:.2f} of {os.cpu_count()} busy: API {cpu}, bench client "
+        f"{stats.bench_cpu:.0%}, the rest Postgres, Redis, kernel; {stats.connections} HTTP connections"
+    )
     print(
         f"  redis relay        {_figures(relay.latencies)}  {_peak(relay.latencies)}   "
         f"({relay.deliveries()}/{expected} deliveries, {relay_rate:.0f}/s, same rooms, no HTTP/DB)"
