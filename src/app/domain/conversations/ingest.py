@@ -1,6 +1,6 @@
 """Applies normalised gateway events to the database in one transaction (ARCHITECTURE invariants 1 to 5).
 
-Per new message (one call of the database function crm_ingest_message, migration 0002): upsert the
+Per new message (one call of the database function crm_ingest_message, migration 0003): upsert the
 contact · lock (or create) the conversation row, which serialises every writer of that conversation ·
 INSERT the message with seq = last_seq + 1, ON CONFLICT DO NOTHING on (instance, gateway message id) ·
 only if a row went in, bump last_seq and the summary. Then the media row (pending) if any.
