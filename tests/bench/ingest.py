@@ -37,7 +37,7 @@ def _percentile(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=1000)[int(q * 10) - 1] * 1000 if len(samples) > 1 else 0.0
 
 
-def _evolution_body(instance: str, message_id: str, chat: str, text: str) -> bytes:
+def evolution_body(instance: str, message_id: str, chat: str, text: str) -> bytes:
     return json.dumps(
         {
             "event": "messages.upsert",
@@ -151,7 +151,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
 
         def bodies(prefix: str, count: int) -> list[bytes]:
             return [
-                _evolution_body(instance.name, f"{prefix}{i:08d}", chats[i % len(chats)], f"message {i}")
+                evolution_body(instance.name, f"{prefix}{i:08d}", chats[i % len(chats)], f"message {i}")
                 for i in range(count)
             ]
 

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, RealtimeSettings, RedisSettings, Settings
 from app.domain.accounts.auth import TokenIssuer, build_jwt_auth
-from tests.bench.ingest import _evolution_body
+from tests.bench.ingest import evolution_body
 from tests.bench.loadgen import HttpConnection
 from tests.bench.realtime_clients import Recorder, RoomSockets, body_for, drain, paced, quiet_gc
 from tests.bench.realtime_idle import idle_memory, raise_fd_limit
@@ -87,7 +87,7 @@ class Scenario:
     def webhook(self, room: int, message_id: str, text: str) -> tuple[str, bytes, dict[str, str]]:
         instance = self.tenants[self.tenant_of(room)].instance("evolution")
         headers = {"Content-Type": "application/json", "X-Webhook-Secret": instance.webhook_secret}
-        body = _evolution_body(instance.name, message_id, self.chats[room], text)
+        body = evolution_body(instance.name, message_id, self.chats[room], text)
         return f"/api/webhooks/evolution/{instance.name}", body, headers
 
     def socket_targets(self, ws_urls: list[str], query: bool) -> list[tuple[str, str, int]]:

@@ -13,11 +13,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
-from app.db.models import WhatsAppInstance
 from tests.factories import PASSWORD
 from tests.fake_gateway import FakeGateway, ok
 from tests.integration.test_outbound import tenant_with_chat
@@ -81,10 +79,3 @@ async def test_agent_sends_and_watches_pending_become_sent(
         await asyncio.sleep(0.5)
         assert len(gateway.requests) == 1 and gateway.requests[0].json["message"] == "Já enviamos!"
         await socket.close()
-    # keep the instance from pointing at a server that no longer exists
-    await session.execute(
-        update(WhatsAppInstance)
-        .where(WhatsAppInstance.id == tenant.instance("wppconnect").id)
-        .values(api_base_url=None)
-    )
-    await session.commit()

@@ -100,10 +100,6 @@ class IngestResult:
     stale_statuses: int = 0  # unknown message, or a status that would move backwards
     ignored: int = 0
 
-    @property
-    def conversation_ids(self) -> set[UUID]:
-        return {m.conversation_id for m in self.created} | {s.conversation_id for s in self.statuses}
-
 
 def preview_text(body: str | None, message_type: MessageType) -> str:
     """The inbox line for a message: its text, or its kind for media without a caption."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
@@ -90,21 +90,15 @@ class OutboundService:
             author_id=author_id,
         )
         self.session.add(message)
-        await self.session.execute(
-            update(Conversation)
-            .where(Conversation.id == conversation_id)
-            .values(
-                last_seq=message.seq,
-                last_message_at=now,
-                last_message_preview=preview_text(text, MessageType.TEXT),
-                last_message_direction=Direction.OUTBOUND.value,
-                unread_count=0,  # answering a chat reads it
-                updated_at=now,
-            )
-        )
+        # The row is locked above; the ORM writes these with the message in one flush.
+        conversation.last_seq = message.seq
+        conversation.last_message_at = now
+        conversation.last_message_preview = preview_text(text, MessageType.TEXT)
+        conversation.last_message_direction = Direction.OUTBOUND.value
+        conversation.unread_count = 0  # answering a chat reads it
+        summary = _summary(conversation, contact)
         await self.session.commit()
-        await self.session.refresh(conversation)
-        return Outbound(message_out(message, None), _summary(conversation, contact), created=True)
+        return Outbound(message_out(message, None), summary, created=True)
 
 
 def _summary(conversation: Conversation, contact: Contact) -> ConversationSummary:

@@ -32,8 +32,7 @@ class WebhookController(Controller):
         webhook = WebhookRequest(
             body=await request.body(), headers=request.headers, query=dict(request.query_params)
         )
-        received = await WebhookService(db_session, publisher).receive(gateway, instance, webhook)
-        result = received.result
+        result = await WebhookService(db_session, publisher).receive(gateway, instance, webhook)
         return WebhookAck(
             status="ok",
             created=len(result.created),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,12 +21,6 @@ log = structlog.get_logger()
 # Postgres aborts one side of a deadlock / serialisation conflict; the webhook is simply applied again.
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 _MAX_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    instance: ReceivingInstance
-    result: IngestResult
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -64,7 +56,7 @@ class WebhookService:
             raise problem(404, f"unknown {gateway} instance '{instance_name}'")
         return instance
 
-    async def receive(self, gateway: str, instance_name: str, request: WebhookRequest) -> Received:
+    async def receive(self, gateway: str, instance_name: str, request: WebhookRequest) -> IngestResult:
         adapter = get_adapter(gateway)
         if adapter is None:
             raise problem(404, f"unknown gateway '{gateway}'")
@@ -110,5 +102,5 @@ class WebhookService:
                     seq=stored.seq,
                     published=published,
                 )
-            return Received(instance=instance, result=result)
+            return result
         raise AssertionError("unreachable")  # pragma: no cover

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import msgspec
@@ -50,10 +50,6 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 
 
-class _Clock(Protocol):
-    def __call__(self) -> float: ...
-
-
 @dataclass(slots=True)
 class RoomCursor:
     delivered: int  # highest message seq this socket has been sent
@@ -64,7 +60,7 @@ class RoomCursor:
 class TokenBucket:
     """Client frames allowed per second, with a burst; flooding beyond it closes the socket."""
 
-    def __init__(self, rate: float, clock: _Clock = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.capacity = rate, 2 * rate
         self.tokens, self.clock, self.stamp = self.capacity, clock, clock()
         self.refused = 0

@@ -7,7 +7,6 @@ message notified to 900 agents is serialised once, not 900 times.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -137,10 +136,6 @@ def envelopes_for_ingest(result: IngestResult) -> list[Envelope]:
         latest[stored.conversation_id] = stored.summary
     envelopes += [conversation_envelope(snapshot_of(summary)) for summary in latest.values()]
     return envelopes
-
-
-def room_envelopes(envelopes: Iterable[Envelope]) -> list[Envelope]:
-    return [e for e in envelopes if e.for_room]
 
 
 def envelopes_for_outbound(outbound: Outbound) -> list[Envelope]:

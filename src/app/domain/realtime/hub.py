@@ -42,8 +42,6 @@ class Hub:
         self._rooms: dict[UUID, set[Connection]] = {}
         self._check_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.subscribed = asyncio.Event()  # set while the Redis subscription is live
-        self.frames_routed = 0
 
     # -- membership -----------------------------------------------------------------------------
     def register(self, connection: Connection) -> None:
@@ -92,7 +90,6 @@ class Hub:
             targets = tuple(self._orgs.get(org_id, ()))
             for connection in targets:
                 connection.send(envelope.frame)
-        self.frames_routed += len(targets)
         if targets and envelope.for_room:
             log.info(
                 "new message notified",
@@ -127,7 +124,6 @@ class Hub:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(org_channel_pattern(self.key_prefix))
-                self.subscribed.set()
                 if attempt:
                     log.info("realtime subscription restored", attempts=attempt)
                     self._check_now.set()  # whatever was published while we were away comes from Postgres
@@ -138,7 +134,6 @@ class Hub:
                     except Exception:  # one bad event must not stop delivery of the others
                         log.exception("realtime event dispatch failed")
             except (RedisError, OSError) as exc:
-                self.subscribed.clear()
                 delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
                 attempt += 1
                 log.warning("realtime subscription lost", error=type(exc).__name__, retry_in_s=delay)
