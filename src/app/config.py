@@ -94,6 +94,17 @@ class RealtimeSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    memory_max_bytes: int = 32 * 1024 * 1024  # per API process: pages, keys and bookkeeping
+    memory_ttl_s: float = 30.0  # bounds how stale a page can be if an invalidation is lost
+    redis_ttl_s: int = 300
+    page_size: int = 50  # the page size warm_cache precomputes (the API's default)
+    warm_conversations: int = 200  # warm_cache: this many most recently active conversations
+    idle_after_s: int = 3600  # expire_cache: drop pages of conversations quiet for this long
+    redis_max_keys: int = 50_000  # expire_cache: keep at most this many pages in Redis
+
+
+@dataclass(frozen=True)
 class AppSettings:
     environment: str = "dev"
     public_base_url: str = "http://127.0.0.1:3001"
@@ -112,6 +123,7 @@ class Settings:
     redis: RedisSettings
     auth: AuthSettings
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -140,6 +152,14 @@ class Settings:
                 catch_up_interval_s=float(
                     _env("WS_CATCH_UP_SECONDS") or RealtimeSettings.catch_up_interval_s
                 ),
+            ),
+            cache=CacheSettings(
+                memory_max_bytes=_env_int("CACHE_MEMORY_MAX_BYTES", CacheSettings.memory_max_bytes),
+                memory_ttl_s=float(_env("CACHE_MEMORY_TTL_SECONDS") or CacheSettings.memory_ttl_s),
+                redis_ttl_s=_env_int("CACHE_REDIS_TTL_SECONDS", CacheSettings.redis_ttl_s),
+                warm_conversations=_env_int("CACHE_WARM_CONVERSATIONS", CacheSettings.warm_conversations),
+                idle_after_s=_env_int("CACHE_IDLE_SECONDS", CacheSettings.idle_after_s),
+                redis_max_keys=_env_int("CACHE_REDIS_MAX_KEYS", CacheSettings.redis_max_keys),
             ),
             app=AppSettings(
                 environment=environment,

@@ -45,7 +45,7 @@ async def worker_ctx(engine: AsyncEngine, settings: Settings) -> AsyncIterator[d
             "settings": settings,
             "sessionmaker": async_sessionmaker(engine, expire_on_commit=False),
             "http": http,
-            "publisher": EventPublisher(redis, settings.redis.key_prefix),
+            "publisher": EventPublisher(redis, settings.redis.key_prefix, settings.cache),
         }
     await redis.aclose()
 

@@ -24,13 +24,17 @@ from redis.asyncio import Redis
 from app.config import Settings, get_settings
 from app.domain.accounts.auth import TokenIssuer, build_jwt_auth
 from app.domain.accounts.controllers import AuthController
+from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
+from app.domain.conversations.reads import PageReader
 from app.domain.gateways.controllers import WebhookController
 from app.domain.realtime.controllers import realtime_socket, websocket_info
 from app.domain.realtime.history import History
 from app.domain.realtime.hub import Hub
 from app.domain.realtime.publisher import EventPublisher
+from app.domain.stats.controllers import StatsController
 from app.domain.stats.health import HealthController
+from app.lib.dbstats import count_queries
 from app.lib.errors import problem_details_config, server_error_handlers
 from app.lib.jobs import JobQueue, queue_name
 from app.lib.logging import structlog_plugin
@@ -74,14 +78,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     redis = Redis.from_url(settings.redis.url)
     prefix = settings.redis.key_prefix
     database = sqlalchemy_config(settings)
-    publisher = EventPublisher(redis, settings.redis.key_prefix)
-    jobs = JobQueue(settings.redis.url, queue_name(settings.redis.key_prefix))
-    hub = Hub(
-        settings.redis.url,
-        settings.redis.key_prefix,
-        History(database.create_session_maker()),
-        settings.realtime,
-    )
+    sessions = database.create_session_maker()
+    count_queries(database.get_engine())
+    page_cache = PageCache(redis, CacheKeys(prefix), settings.cache)
+    pages = PageReader(page_cache, sessions)
+    publisher = EventPublisher(redis, prefix, settings.cache, local_cache=page_cache)
+    jobs = JobQueue(settings.redis.url, queue_name(prefix))
+    hub = Hub(settings.redis.url, prefix, History(sessions), settings.realtime, cache=page_cache)
 
     @asynccontextmanager
     async def realtime_lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -110,6 +113,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             auth,
             ConversationController,
             HealthController,
+            StatsController,
             webhooks,
             realtime_socket,
             websocket_info,
@@ -120,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "token_issuer": Provide(lambda: token_issuer, use_cache=True, sync_to_thread=False),
             "redis": Provide(lambda: redis, use_cache=True, sync_to_thread=False),
             "publisher": Provide(lambda: publisher, use_cache=True, sync_to_thread=False),
+            "pages": Provide(lambda: pages, use_cache=True, sync_to_thread=False),
             "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
             "jobs": Provide(lambda: jobs, use_cache=True, sync_to_thread=False),
         },

@@ -24,7 +24,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["sessionmaker"] = async_sessionmaker(engine, expire_on_commit=False)
     ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
     ctx["publisher_redis"] = redis
-    ctx["publisher"] = EventPublisher(redis, settings.redis.key_prefix)
+    ctx["publisher"] = EventPublisher(redis, settings.redis.key_prefix, settings.cache)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, MediaType, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from app.db.models import ConversationStatus
 from app.domain.accounts.auth import AgentRequest
 from app.domain.conversations.outbound import OutboundService
+from app.domain.conversations.reads import PageReader
 from app.domain.conversations.schemas import (
     ConversationOut,
     ConversationPage,
@@ -20,7 +22,7 @@ from app.domain.conversations.schemas import (
     ReadMarker,
     SendMessageRequest,
 )
-from app.domain.conversations.services import ConversationFilters, ConversationService, MessageService
+from app.domain.conversations.services import ConversationFilters, ConversationService
 from app.domain.realtime.events import envelopes_for_outbound
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
@@ -36,23 +38,28 @@ class ConversationController(Controller):
     path = "/api/whatsapp-optimized"
     tags = ["conversations"]
 
-    @get("/conversations", summary="Conversations, most recent activity first (keyset paginated)")
+    @get(
+        "/conversations",
+        summary="Conversations, most recent activity first (keyset paginated)",
+        responses={200: ResponseSpec(ConversationPage, description="A page of conversations")},
+    )
     async def list_conversations(
         self,
         request: AgentRequest,
-        db_session: DbSession,
+        pages: NamedDependency[PageReader],
         instance_id: FromQuery[UUID | None] = None,
         status: FromQuery[ConversationStatus | None] = None,
         unread: FromQuery[bool] = False,
         cursor: FromQuery[str | None] = None,
         limit: PageLimit = 50,
-    ) -> ConversationPage:
-        return await ConversationService(db_session).list_conversations(
+    ) -> Response[bytes]:
+        body = await pages.conversations(
             request.user.org_id,
             ConversationFilters(instance_id=instance_id, status=status, unread_only=unread),
             ActivityCursor.decode(cursor) if cursor else None,
             limit,
         )
+        return Response(body, media_type=MediaType.JSON)
 
     @get("/conversations/{conversation_id:uuid}", summary="One conversation")
     async def get_conversation(
@@ -75,21 +82,26 @@ class ConversationController(Controller):
             request.user.org_id, conversation_id
         )
 
-    @get("/messages/{conversation_id:uuid}", summary="History: latest page, or before/after a seq")
+    @get(
+        "/messages/{conversation_id:uuid}",
+        summary="History: latest page, or before/after a seq",
+        responses={200: ResponseSpec(MessagePage, description="A window of history in ascending seq")},
+    )
     async def list_messages(
         self,
         request: AgentRequest,
-        db_session: DbSession,
+        pages: NamedDependency[PageReader],
         conversation_id: FromPath[UUID],
         before_seq: Annotated[int | None, QueryParameter(ge=1)] = None,
         after_seq: Annotated[int | None, QueryParameter(ge=0)] = None,
         limit: PageLimit = 50,
-    ) -> MessagePage:
+    ) -> Response[bytes]:
         if before_seq is not None and after_seq is not None:
             raise problem(400, "use before_seq or after_seq, not both")
-        return await MessageService(db_session).history(
+        body = await pages.messages(
             request.user.org_id, conversation_id, before_seq=before_seq, after_seq=after_seq, limit=limit
         )
+        return Response(body, media_type=MediaType.JSON)
 
     @post("/messages/{conversation_id:uuid}", summary="Send a text message (idempotent by client_message_id)")
     async def send_message(

@@ -8,6 +8,10 @@ subscribed. Rooms are plain dicts of sets, deleted when their last socket leaves
 Two loops run for the life of the process: the listener (reconnects with backoff when Redis goes away) and
 the catch-up check, which compares each local room with Postgres every few seconds and fills what a lost
 publish left out; it also runs at once after the listener reconnects.
+
+The same events keep the read cache's in-memory layer coherent: each one drops the pages it makes stale,
+and the layer is only used while the subscription is confirmed (from Redis's psubscribe reply until the
+connection is lost), since an invalidation missed would otherwise leave a stale page for a whole TTL.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.config import RealtimeSettings
+from app.domain.conversations.cache import PageCache
 from app.domain.realtime.connection import CLOSE_GOING_AWAY, Connection
 from app.domain.realtime.events import Envelope, envelope_decoder, org_channel_pattern, org_of_channel
 from app.domain.realtime.history import History
@@ -33,11 +38,19 @@ _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 class Hub:
-    def __init__(self, redis_url: str, key_prefix: str, history: History, settings: RealtimeSettings) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        key_prefix: str,
+        history: History,
+        settings: RealtimeSettings,
+        cache: PageCache | None = None,
+    ) -> None:
         self.redis_url = redis_url
         self.key_prefix = key_prefix
         self.history = history
         self.settings = settings
+        self.cache = cache
         self._orgs: dict[UUID, set[Connection]] = {}
         self._rooms: dict[UUID, set[Connection]] = {}
         self._check_now = asyncio.Event()
@@ -121,7 +134,7 @@ class Hub:
         attempt = 0
         while True:
             client = Redis.from_url(self.redis_url)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub()
             try:
                 await pubsub.psubscribe(org_channel_pattern(self.key_prefix))
                 if attempt:
@@ -134,6 +147,8 @@ class Hub:
                     except Exception:  # one bad event must not stop delivery of the others
                         log.exception("realtime event dispatch failed")
             except (RedisError, OSError) as exc:
+                if self.cache is not None:  # invalidations may be missed from now until resubscribed
+                    self.cache.set_memory_live(False)
                 delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
                 attempt += 1
                 log.warning("realtime subscription lost", error=type(exc).__name__, retry_in_s=delay)
@@ -144,6 +159,10 @@ class Hub:
                     await client.aclose()
 
     def _on_message(self, message: dict[str, object]) -> None:
+        if message.get("type") == "psubscribe":
+            if self.cache is not None:  # from here on, every write's event reaches us
+                self.cache.set_memory_live(True)
+            return
         if message.get("type") != "pmessage":
             return
         channel = message["channel"]
@@ -158,6 +177,8 @@ class Hub:
         except msgspec.DecodeError:
             log.warning("undecodable realtime event dropped", channel=str(channel))
             return
+        if self.cache is not None:
+            self.cache.invalidate(self.cache.keys.scopes_touched(org_id, [envelope]))
         self.dispatch(org_id, envelope)
 
     async def _catch_up(self) -> None:

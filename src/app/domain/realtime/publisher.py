@@ -1,5 +1,9 @@
 """Publishing after commit (ARCHITECTURE invariant 4): best effort, never failing the request.
 
+The same round trip makes the read cache's pages stale (version bumps in Redis), and this process drops its
+own in-memory copies first, so the writer's next read sees its write; other API processes drop theirs when
+the event reaches them through their subscription.
+
 A publish lost here (Redis down, process killed right after commit) is not a lost message: every API
 process compares its rooms with Postgres every few seconds and replays what its sockets missed.
 """
@@ -13,6 +17,8 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.config import CacheSettings
+from app.domain.conversations.cache import CacheKeys, PageCache, bump_versions, version_ttl_s
 from app.domain.realtime.events import Envelope, envelope_encoder, org_channel
 
 log = structlog.get_logger()
@@ -21,18 +27,31 @@ _PUBLISH_TIMEOUT_S = 0.5  # a hung Redis must not hold a webhook's 200
 
 
 class EventPublisher:
-    def __init__(self, redis: Redis, key_prefix: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        key_prefix: str,
+        cache_settings: CacheSettings,
+        local_cache: PageCache | None = None,
+    ) -> None:
         self._redis = redis
         self._prefix = key_prefix
+        self._cache_keys = CacheKeys(key_prefix)
+        self._version_ttl_s = version_ttl_s(cache_settings)
+        self._local_cache = local_cache
 
     async def publish(self, org_id: UUID, envelopes: list[Envelope]) -> bool:
         """Send the envelopes to every API process; False if Redis could not take them (logged)."""
         if not envelopes:
             return True
         channel = org_channel(self._prefix, org_id)
+        stale = self._cache_keys.scopes_touched(org_id, envelopes)
+        if self._local_cache is not None:
+            self._local_cache.invalidate(stale)
         try:
             async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
                 async with self._redis.pipeline(transaction=False) as pipe:
+                    bump_versions(pipe, stale, self._version_ttl_s)
                     for envelope in envelopes:
                         pipe.publish(channel, envelope_encoder.encode(envelope))
                     await pipe.execute()

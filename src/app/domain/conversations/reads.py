@@ -1,0 +1,59 @@
+"""The two hot reads, as the JSON bytes the API answers: through the page cache when the page is one it
+keeps (first page of the inbox, latest page of a conversation), straight from Postgres otherwise.
+
+Sessions are opened only on a miss, so a cache hit takes no database connection at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from uuid import UUID
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.conversations.cache import PageCache
+from app.domain.conversations.services import ConversationFilters, ConversationService, MessageService
+from app.lib.pagination import ActivityCursor
+
+_json = msgspec.json.Encoder()
+
+
+class PageReader:
+    def __init__(self, cache: PageCache, sessions: Callable[[], AsyncSession]) -> None:
+        self.cache = cache
+        self.sessions = sessions
+
+    async def conversations(
+        self, org_id: UUID, filters: ConversationFilters, cursor: ActivityCursor | None, limit: int
+    ) -> bytes:
+        async def load() -> bytes:
+            async with self.sessions() as session:
+                page = await ConversationService(session).list_conversations(org_id, filters, cursor, limit)
+            return _json.encode(page)
+
+        if cursor is not None:
+            return await load()
+        variant = f"{filters.instance_id or '-'}:{filters.status or '-'}:{int(filters.unread_only)}:{limit}"
+        return await self.cache.get_or_load(self.cache.keys.inbox_scope(org_id), variant, load)
+
+    async def messages(
+        self,
+        org_id: UUID,
+        conversation_id: UUID,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int,
+    ) -> bytes:
+        async def load() -> bytes:
+            async with self.sessions() as session:
+                page = await MessageService(session).history(
+                    org_id, conversation_id, before_seq=before_seq, after_seq=after_seq, limit=limit
+                )
+            return _json.encode(page)
+
+        if before_seq is not None or after_seq is not None:
+            return await load()
+        scope = self.cache.keys.messages_scope(org_id, conversation_id)
+        return await self.cache.get_or_load(scope, f"latest:{limit}", load)
