@@ -70,7 +70,7 @@ def _serve() -> None:
         children: dict[str, subprocess.Popen[bytes]] = {}
         try:
             children["api"] = _spawn(["app.server.run"], {**env, "HOST": host, "PORT": port})
-            children["arq"] = _spawn(["arq", "app.workers.settings.WorkerSettings"], env)
+            children["arq"] = _spawn(["arq", "app.workers.WorkerSettings"], env)
             while not stopping and all(child.poll() is None for child in children.values()):
                 time.sleep(0.1)
             crashed = {name: child.returncode for name, child in children.items() if child.poll() is not None}

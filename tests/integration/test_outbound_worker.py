@@ -27,7 +27,7 @@ from tests.ws_client import WsClient
 def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "arq", "app.workers.settings.WorkerSettings"],
+            [sys.executable, "-m", "arq", "app.workers.WorkerSettings"],
             cwd=ROOT,
             env=env_for(settings),
             stdout=log,

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from redis.asyncio import Redis
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.config import Settings
 from app.db.models import Conversation
+from app.domain.conversations.cache import CacheKeys
 from app.domain.conversations.ingest import IngestService
+from app.domain.realtime.publisher import EventPublisher
 from app.workers.conversations import reconcile_conversation
 from tests.events import text_message
 from tests.factories import create_tenant
 
 
 async def test_reconcile_rebuilds_a_damaged_summary_and_is_idempotent(
-    engine: AsyncEngine, session: AsyncSession
+    engine: AsyncEngine, session: AsyncSession, redis: Redis, settings: Settings
 ):
     tenant = await create_tenant(session)
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
@@ -38,7 +42,8 @@ async def test_reconcile_rebuilds_a_damaged_summary_and_is_idempotent(
         )
         await s.commit()
 
-    ctx = {"sessionmaker": sessionmaker}
+    publisher = EventPublisher(redis, settings.redis.key_prefix, settings.cache)
+    ctx = {"sessionmaker": sessionmaker, "publisher": publisher}
     first = await reconcile_conversation(ctx, str(conversation_id))
     second = await reconcile_conversation(ctx, str(conversation_id))
 
@@ -48,3 +53,7 @@ async def test_reconcile_rebuilds_a_damaged_summary_and_is_idempotent(
     assert (conversation.last_seq, conversation.last_message_preview) == (3, "m2")
     assert conversation.last_message_at == base + timedelta(seconds=2)
     assert conversation.unread_count == 3  # read markers are not the job's to rebuild
+    # Cached pages built from the damaged summary are stale now (their versions moved twice: two runs).
+    keys = CacheKeys(settings.redis.key_prefix)
+    assert await redis.get(keys.messages_scope(tenant.org_id, conversation_id)) == b"2"
+    assert await redis.get(keys.inbox_scope(tenant.org_id)) == b"2"

@@ -1,7 +1,9 @@
 """Enqueueing arq jobs from the API, after commit, without making Redis a dependency of the request.
 
-The pool is opened lazily and re-opened after a failure: an API process starts, and answers, with Redis
-down. A job that could not be enqueued is not lost: the worker's sweep finds its row and enqueues it.
+`ArqPlugin` puts one `JobQueue` in the app: opened at startup, closed at shutdown, injected as `jobs`.
+The pool is re-opened after a failure, and opening it at startup is best effort: an API process starts,
+and answers, with Redis down. A job that could not be enqueued is not lost: the worker's sweep finds its
+row and enqueues it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import msgspec
 import structlog
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+from litestar.plugins import InitPluginProtocol
 from redis.exceptions import RedisError
 
 log = structlog.get_logger()
@@ -42,18 +47,30 @@ class JobQueue:
         self.queue_name = queue_name
         self._pool: ArqRedis | None = None
 
+    async def _open(self) -> ArqRedis:
+        if self._pool is None:
+            self._pool = await create_pool(
+                self._settings,
+                job_serializer=serialize_job,
+                job_deserializer=deserialize_job,
+                default_queue_name=self.queue_name,
+            )
+        return self._pool
+
+    async def open(self) -> None:
+        """Connect now if Redis answers; otherwise the first enqueue tries again."""
+        try:
+            async with asyncio.timeout(_ENQUEUE_TIMEOUT_S):
+                await self._open()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("job queue not connected at startup", error=type(exc).__name__)
+
     async def enqueue(self, function: str, *args: Any, job_id: str) -> bool:
         """Enqueue once per job_id (arq dedupes while the job or its result lives); False if Redis is down."""
         try:
             async with asyncio.timeout(_ENQUEUE_TIMEOUT_S):
-                if self._pool is None:
-                    self._pool = await create_pool(
-                        self._settings,
-                        job_serializer=serialize_job,
-                        job_deserializer=deserialize_job,
-                        default_queue_name=self.queue_name,
-                    )
-                await self._pool.enqueue_job(function, *args, _job_id=job_id)
+                pool = await self._open()
+                await pool.enqueue_job(function, *args, _job_id=job_id)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("job not enqueued; the sweep will pick it up", job=function, error=type(exc).__name__)
             await self.close()
@@ -65,3 +82,14 @@ class JobQueue:
             pool, self._pool = self._pool, None
             with contextlib.suppress(RedisError, OSError):
                 await pool.aclose()
+
+
+class ArqPlugin(InitPluginProtocol):
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.dependencies["jobs"] = Provide(lambda: self.queue, use_cache=True, sync_to_thread=False)
+        app_config.on_startup.append(self.queue.open)
+        app_config.on_shutdown.append(self.queue.close)
+        return app_config

@@ -36,7 +36,7 @@ from app.domain.stats.controllers import StatsController
 from app.domain.stats.health import HealthController
 from app.lib.dbstats import count_queries
 from app.lib.errors import problem_details_config, server_error_handlers
-from app.lib.jobs import JobQueue, queue_name
+from app.lib.jobs import ArqPlugin, JobQueue, queue_name
 from app.lib.logging import structlog_plugin
 from app.lib.redaction import redact_server_logs
 from app.lib.stores import FailOpenRedisStore
@@ -95,7 +95,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             restore_signals()
             await hub.stop()
-            await jobs.close()
             await redis.aclose()
 
     # Brute-force guard on the one endpoint that takes a password; counted in Redis so every process agrees.
@@ -126,10 +125,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "publisher": Provide(lambda: publisher, use_cache=True, sync_to_thread=False),
             "pages": Provide(lambda: pages, use_cache=True, sync_to_thread=False),
             "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
-            "jobs": Provide(lambda: jobs, use_cache=True, sync_to_thread=False),
         },
         plugins=[
             SQLAlchemyPlugin(config=database),
+            ArqPlugin(jobs),
             ProblemDetailsPlugin(problem_details_config),
             structlog_plugin(settings.app.log_level, settings.app.log_json),
         ],

@@ -1,8 +1,10 @@
 """What every job finds in its arq context, made once per worker: settings, database sessions, an HTTP
-client for gateways, and the publisher that tells WebSocket clients about status changes."""
+client for gateways, the publisher that tells WebSocket clients (and the read cache) about status changes,
+and a page reader writing to the Redis cache layer only (a worker serves no reads, so it keeps no L1)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -10,7 +12,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import get_settings
+from app.domain.conversations.cache import CacheKeys, PageCache
+from app.domain.conversations.reads import PageReader
 from app.domain.realtime.publisher import EventPublisher
+from app.lib.jobs import queue_name
 from app.lib.logging import configure_logging
 
 
@@ -25,6 +30,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
     ctx["publisher_redis"] = redis
     ctx["publisher"] = EventPublisher(redis, settings.redis.key_prefix, settings.cache)
+    cache = PageCache(redis, CacheKeys(settings.redis.key_prefix), settings.cache)
+    ctx["pages"] = PageReader(cache, ctx["sessionmaker"])
+    # Warm at start too, not only on the cron; the job id makes workers starting together warm once.
+    # arq's job ids are global to the Redis: they carry the queue so deployments sharing one stay apart.
+    queue = queue_name(settings.redis.key_prefix)
+    started = int(time.time()) // 60
+    await ctx["redis"].enqueue_job("warm_cache", _job_id=f"{queue}:warm_cache:{started}", _queue_name=queue)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

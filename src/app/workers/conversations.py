@@ -10,6 +10,8 @@ from sqlalchemy import select, update
 
 from app.db.models import Conversation, Message
 from app.domain.conversations.ingest import preview_text
+from app.domain.conversations.services import ConversationService
+from app.domain.realtime.events import conversation_envelope
 
 log = structlog.get_logger()
 
@@ -18,7 +20,8 @@ async def reconcile_conversation(ctx: dict[str, Any], conversation_id: str) -> d
     """Rebuild a conversation's summary (last seq, newest message preview and time) from its messages.
 
     For after a manual repair or a bulk import that bypassed ingest. The unread count is left alone: it
-    also depends on read markers, which the messages table does not hold.
+    also depends on read markers, which the messages table does not hold. Open inboxes get the new summary,
+    and the cached inbox and history pages are made stale.
     """
     cid = UUID(conversation_id)
     async with ctx["sessionmaker"]() as session:
@@ -52,5 +55,10 @@ async def reconcile_conversation(ctx: dict[str, Any], conversation_id: str) -> d
             )
         )
         await session.commit()
+        org_id = (
+            await session.execute(select(Conversation.org_id).where(Conversation.id == cid))
+        ).scalar_one()
+        snapshot = await ConversationService(session).get_conversation(org_id, cid)
+    await ctx["publisher"].publish(org_id, [conversation_envelope(snapshot)], history_rewritten=[cid])
     log.info("conversation reconciled", conversation_id=conversation_id, last_seq=last_seq)
     return {"conversation_id": conversation_id, "last_seq": last_seq}

@@ -66,9 +66,17 @@ class CacheKeys:
     def page_pattern(self) -> str:
         return f"{self.root}:p:*"
 
-    def scope_of_page(self, page_key: str) -> str:
-        body = page_key[len(self.root) + 3 :]
-        return f"{self.root}:v:{body.rsplit(':', 1)[0]}"
+    def conversation_of_page(self, page_key: str) -> UUID | None:
+        """The conversation a history page belongs to; None for inbox pages and foreign keys."""
+        _org, _, rest = page_key[len(self.root) + 3 :].partition(":")
+        scope = rest.partition(":")[0]
+        try:
+            return None if scope == "inbox" else UUID(scope)
+        except ValueError:
+            return None
+
+    def l2_report_key(self) -> str:
+        return f"{self.root}:l2"
 
     def scopes_touched(self, org_id: UUID, envelopes: Iterable[Envelope]) -> set[str]:
         """Room events change a conversation's history; inbox events change the org's conversation list."""

@@ -11,6 +11,7 @@ process compares its rooms with Postgres every few seconds and replays what its 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from uuid import UUID
 
 import structlog
@@ -40,12 +41,19 @@ class EventPublisher:
         self._version_ttl_s = version_ttl_s(cache_settings)
         self._local_cache = local_cache
 
-    async def publish(self, org_id: UUID, envelopes: list[Envelope]) -> bool:
-        """Send the envelopes to every API process; False if Redis could not take them (logged)."""
+    async def publish(
+        self, org_id: UUID, envelopes: list[Envelope], *, history_rewritten: Iterable[UUID] = ()
+    ) -> bool:
+        """Send the envelopes to every API process; False if Redis could not take them (logged).
+
+        `history_rewritten`: conversations whose cached history is stale though no room event says so (a
+        repair job); other processes' in-memory copies of those expire with their TTL.
+        """
         if not envelopes:
             return True
         channel = org_channel(self._prefix, org_id)
         stale = self._cache_keys.scopes_touched(org_id, envelopes)
+        stale.update(self._cache_keys.messages_scope(org_id, cid) for cid in history_rewritten)
         if self._local_cache is not None:
             self._local_cache.invalidate(stale)
         try:
