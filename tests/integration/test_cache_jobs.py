@@ -126,9 +126,17 @@ async def test_expire_cache_drops_idle_conversations_then_enforces_the_key_budge
     report = await expire_cache(ctx)
     again = await expire_cache(ctx)
 
+    kept_bytes = report.pop("kept_bytes")
     assert report == {"scanned": 5, "removed_idle": 1, "removed_over_budget": 2, "kept": 2}
-    assert again == {"scanned": 2, "removed_idle": 0, "removed_over_budget": 0, "kept": 2}
+    assert again == {
+        "scanned": 2,
+        "removed_idle": 0,
+        "removed_over_budget": 0,
+        "kept": 2,
+        "kept_bytes": kept_bytes,
+    }
     remaining = await page_keys(redis, keys)
+    assert kept_bytes == sum([await redis.strlen(key) for key in remaining]) > 0
     assert recent in remaining
     assert not any(str(idle) in key for key in remaining)
     recorded = await redis.hgetall(keys.l2_report_key())  # type: ignore[misc]

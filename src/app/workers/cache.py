@@ -68,56 +68,71 @@ async def expire_cache(ctx: dict[str, Any]) -> dict[str, int]:
     redis: Redis = ctx["publisher_redis"]
     keys = CacheKeys(ctx["settings"].redis.key_prefix)
     page_keys = [key async for key in redis.scan_iter(match=keys.page_pattern(), count=_SCAN_BATCH)]
-    by_conversation: dict[UUID, list[bytes]] = {}
-    for key in page_keys:
-        conversation_id = keys.conversation_of_page(key.decode())
-        if conversation_id is not None:
-            by_conversation.setdefault(conversation_id, []).append(key)
 
-    idle_since = datetime.now(UTC) - timedelta(seconds=settings.idle_after_s)
-    active: set[UUID] = set()
-    ids = list(by_conversation)
-    async with ctx["sessionmaker"]() as session:
-        for start in range(0, len(ids), _SCAN_BATCH):
-            batch = ids[start : start + _SCAN_BATCH]
-            active.update(
-                (
-                    await session.scalars(
-                        select(Conversation.id).where(
-                            Conversation.id.in_(batch), Conversation.last_message_at >= idle_since
-                        )
-                    )
-                ).all()
-            )
-    idle = [key for cid, cid_keys in by_conversation.items() if cid not in active for key in cid_keys]
+    idle = await _pages_of_idle_conversations(ctx, keys, page_keys)
     removed_idle = await _delete(redis, idle)
-
     idle_set = set(idle)
     remaining = [key for key in page_keys if key not in idle_set]
-    removed_over_budget = 0
-    excess = len(remaining) - settings.redis_max_keys
-    if excess > 0:
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in remaining:
-                pipe.object("idletime", key)
-            idle_times = await pipe.execute(raise_on_error=False)
-        least_recent = sorted(
-            zip(remaining, idle_times, strict=True),
-            key=lambda pair: pair[1] if isinstance(pair[1], int) else -1,
-            reverse=True,
-        )
-        removed_over_budget = await _delete(redis, [key for key, _ in least_recent[:excess]])
+    over_budget = await _least_recently_read(redis, remaining, len(remaining) - settings.redis_max_keys)
+    removed_over_budget = await _delete(redis, over_budget)
+    over_set = set(over_budget)
+    kept = [key for key in remaining if key not in over_set]
 
     result = {
         "scanned": len(page_keys),
         "removed_idle": removed_idle,
         "removed_over_budget": removed_over_budget,
-        "kept": len(page_keys) - removed_idle - removed_over_budget,
+        "kept": len(kept),
+        "kept_bytes": await _total_size(redis, kept),
     }
     report = redis.hset(keys.l2_report_key(), mapping={**result, "ran_at": int(time.time())})
     await cast(Awaitable[int], report)  # redis-py types hset for both its sync and async clients
     log.info("cache expired", **result)
     return result
+
+
+async def _pages_of_idle_conversations(
+    ctx: dict[str, Any], keys: CacheKeys, page_keys: list[bytes]
+) -> list[bytes]:
+    by_conversation: dict[UUID, list[bytes]] = {}
+    for key in page_keys:
+        conversation_id = keys.conversation_of_page(key.decode())
+        if conversation_id is not None:
+            by_conversation.setdefault(conversation_id, []).append(key)
+    idle_since = datetime.now(UTC) - timedelta(seconds=ctx["settings"].cache.idle_after_s)
+    active: set[UUID] = set()
+    ids = list(by_conversation)
+    async with ctx["sessionmaker"]() as session:
+        for start in range(0, len(ids), _SCAN_BATCH):
+            batch = ids[start : start + _SCAN_BATCH]
+            query = select(Conversation.id).where(
+                Conversation.id.in_(batch), Conversation.last_message_at >= idle_since
+            )
+            active.update((await session.scalars(query)).all())
+    return [key for cid, cid_keys in by_conversation.items() if cid not in active for key in cid_keys]
+
+
+async def _least_recently_read(redis: Redis, page_keys: list[bytes], count: int) -> list[bytes]:
+    if count <= 0:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in page_keys:
+            pipe.object("idletime", key)
+        # An LFU-configured Redis refuses IDLETIME: those keys sort as most recent (kept).
+        idle_times = await pipe.execute(raise_on_error=False)
+    ranked = sorted(
+        zip(page_keys, idle_times, strict=True),
+        key=lambda pair: pair[1] if isinstance(pair[1], int) else -1,
+        reverse=True,
+    )
+    return [key for key, _ in ranked[:count]]
+
+
+async def _total_size(redis: Redis, page_keys: list[bytes]) -> int:
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in page_keys:
+            pipe.strlen(key)
+        return sum(await pipe.execute())
 
 
 async def _delete(redis: Redis, keys: list[bytes]) -> int:
