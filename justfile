@@ -30,7 +30,11 @@ serve: install
 
 # Run only the arq worker
 worker: install
-    {{embedded}} -- uv run arq app.workers.settings.WorkerSettings
+    {{embedded}} -- uv run arq app.workers.WorkerSettings
+
+# Exit 0 if a worker reported its health check within the last interval (for probes)
+worker-check: install
+    {{embedded}} -- uv run arq app.workers.WorkerSettings --check
 
 # ruff + mypy
 lint: install
@@ -50,8 +54,12 @@ bench-ingest: install
 bench-realtime: install
     {{embedded}} --ephemeral -- uv run python -m tests.bench.realtime
 
+# Read benchmark: cached page GET req/s and p50/p99 vs raw ASGI, SQL per cached GET, RSS 1k vs 100k (--quick)
+bench-read *args: install
+    {{embedded}} --ephemeral -- uv run python -m tests.bench.read {{args}}
+
 # All benchmarks
-bench: bench-ingest bench-realtime
+bench: bench-ingest bench-realtime bench-read
 
 # The `app` CLI (admin commands) with the dev services' URLs
 app *args: install

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db.models import Message, WhatsAppInstance
+from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.ingest import IngestService
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.sending import INTERRUPTED, MAX_ATTEMPTS, send_message
@@ -45,7 +46,11 @@ async def worker_ctx(engine: AsyncEngine, settings: Settings) -> AsyncIterator[d
             "settings": settings,
             "sessionmaker": async_sessionmaker(engine, expire_on_commit=False),
             "http": http,
-            "publisher": EventPublisher(redis, settings.redis.key_prefix, settings.cache),
+            "publisher": EventPublisher(
+                redis,
+                settings.redis.key_prefix,
+                PageCache(redis, CacheKeys(settings.redis.key_prefix), settings.cache),
+            ),
         }
     await redis.aclose()
 

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db.models import Conversation
-from app.domain.conversations.cache import CacheKeys
+from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.ingest import IngestService
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.conversations import reconcile_conversation
@@ -42,7 +42,11 @@ async def test_reconcile_rebuilds_a_damaged_summary_and_is_idempotent(
         )
         await s.commit()
 
-    publisher = EventPublisher(redis, settings.redis.key_prefix, settings.cache)
+    publisher = EventPublisher(
+        redis,
+        settings.redis.key_prefix,
+        PageCache(redis, CacheKeys(settings.redis.key_prefix), settings.cache),
+    )
     ctx = {"sessionmaker": sessionmaker, "publisher": publisher}
     first = await reconcile_conversation(ctx, str(conversation_id))
     second = await reconcile_conversation(ctx, str(conversation_id))

@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     count_queries(database.get_engine())
     page_cache = PageCache(redis, CacheKeys(prefix), settings.cache)
     pages = PageReader(page_cache, sessions)
-    publisher = EventPublisher(redis, prefix, settings.cache, local_cache=page_cache)
+    publisher = EventPublisher(redis, prefix, page_cache)
     jobs = JobQueue(settings.redis.url, queue_name(prefix))
     hub = Hub(settings.redis.url, prefix, History(sessions), settings.realtime, cache=page_cache)
 

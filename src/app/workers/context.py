@@ -29,8 +29,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["sessionmaker"] = async_sessionmaker(engine, expire_on_commit=False)
     ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
     ctx["publisher_redis"] = redis
-    ctx["publisher"] = EventPublisher(redis, settings.redis.key_prefix, settings.cache)
     cache = PageCache(redis, CacheKeys(settings.redis.key_prefix), settings.cache)
+    ctx["publisher"] = EventPublisher(redis, settings.redis.key_prefix, cache)
     ctx["pages"] = PageReader(cache, ctx["sessionmaker"])
     # Warm at start too, not only on the cron; the job id makes workers starting together warm once.
     # arq's job ids are global to the Redis: they carry the queue so deployments sharing one stay apart.

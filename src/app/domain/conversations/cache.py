@@ -7,9 +7,13 @@ Keys are grouped by *scope*: one conversation's pages, or one org's inbox pages 
 Every key holds the org id (ARCHITECTURE invariant 7). A scope's key in Redis is a version counter; each
 page in Redis is stored tagged with the version it was read under, and only if that version is still
 current (a Lua compare-and-set), so a reader that loaded a page just before a write cannot put it back
-after the write bumped the version. Writers bump versions after commit (see EventPublisher), and every API
-process drops its L1 copies when the same event reaches it through the realtime subscription; while that
-subscription is down, L1 is bypassed, because invalidations could be missed.
+after the write bumped the version.
+
+After commit, a writer (EventPublisher) drops its own L1 copies, then in one Redis round trip bumps the
+versions and publishes the scopes on the invalidation channel, on which every API process's Hub drops its
+L1 copies; L1 is only used while that subscription is confirmed. Bumps Redis did not take (it was down or
+slow) are remembered and sent before this process next touches the Redis layer, and when the Hub
+resubscribes, so a page cached before an outage cannot come back after it.
 
 Redis is an accelerator: when it fails, reads go to Postgres and the L2 is skipped for a second.
 """
@@ -35,6 +39,8 @@ log = structlog.get_logger()
 
 _REDIS_TIMEOUT_S = 0.25  # a hung Redis must cost a read little more than a miss
 _REDIS_BACKOFF_S = 1.0  # after a failure, skip L2 this long instead of paying the timeout per request
+# Beyond this many scopes awaiting their bump, recovery deletes every page instead of bumping each.
+_UNBUMPED_LIMIT = 100_000
 
 # KEYS: version, page. ARGV: version seen before loading, tagged page, page TTL, version TTL.
 _STORE_IF_CURRENT = """
@@ -46,6 +52,7 @@ return 1
 """
 
 Loader = Callable[[], Awaitable[bytes]]
+EVERYTHING = "*"  # on the invalidation channel: drop every page
 
 
 class CacheKeys:
@@ -78,6 +85,9 @@ class CacheKeys:
     def l2_report_key(self) -> str:
         return f"{self.root}:l2"
 
+    def invalidation_channel(self) -> str:
+        return f"{self.root}:invalidate"
+
     def scopes_touched(self, org_id: UUID, envelopes: Iterable[Envelope]) -> set[str]:
         """Room events change a conversation's history; inbox events change the org's conversation list."""
         scopes: set[str] = set()
@@ -92,13 +102,6 @@ class CacheKeys:
 def version_ttl_s(settings: CacheSettings) -> int:
     # A version outlives every page tagged with it, so a page can never match a recreated counter.
     return settings.redis_ttl_s * 2
-
-
-def bump_versions(pipe: Pipeline, scopes: Iterable[str], ttl_s: int) -> None:
-    """Queue the writes that make every cached page under these scopes stale (run after commit)."""
-    for scope in scopes:
-        pipe.incr(scope)
-        pipe.expire(scope, ttl_s)
 
 
 @dataclass(slots=True)
@@ -138,6 +141,10 @@ class PageCache:
         self._redis_skip_until = 0.0
         self._next_purge = 0.0
         self._flights: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
+        # scope → the failure that left it unbumped; a success clears only what it actually sent
+        self._unbumped: dict[str, int] = {}
+        self._unbumped_overflow = False
+        self._failures = 0
 
     # -- coherence ----------------------------------------------------------------------------
     def set_memory_live(self, live: bool) -> None:
@@ -149,10 +156,61 @@ class PageCache:
     def invalidate(self, scopes: Iterable[str]) -> None:
         """Drop this process's copies (L1 and loads in flight) under these scopes."""
         scopes = set(scopes)
+        if EVERYTHING in scopes:
+            self.memory.clear()
+            self._drop_flights(lambda _scope: True)
+            return
         if not scopes:
             return
         self.memory.invalidate(scopes)
         self._drop_flights(scopes.__contains__)
+
+    def stage_invalidation(self, pipe: Pipeline, scopes: set[str]) -> dict[str, int]:
+        """Queue on `pipe` what makes these scopes stale in every process: version bumps and a message on
+        the invalidation channel, together with the bumps an earlier failure left. Pass what this returns
+        to invalidation_sent() or invalidation_failed() once the pipeline ran."""
+        carried = dict(self._unbumped)
+        scopes = scopes | carried.keys()
+        ttl = version_ttl_s(self.settings)
+        for scope in scopes:
+            pipe.incr(scope)
+            pipe.expire(scope, ttl)
+        if scopes:
+            pipe.publish(self.keys.invalidation_channel(), "\n".join(sorted(scopes)))
+        return carried
+
+    def invalidation_sent(self, carried: dict[str, int]) -> None:
+        for scope, failure in carried.items():
+            if self._unbumped.get(scope) == failure:  # not failed again meanwhile
+                del self._unbumped[scope]
+
+    def invalidation_failed(self, scopes: set[str]) -> None:
+        self._failures += 1
+        if len(self._unbumped) + len(scopes) > _UNBUMPED_LIMIT:
+            self._unbumped.clear()
+            self._unbumped_overflow = True
+            return
+        for scope in scopes:
+            self._unbumped[scope] = self._failures
+
+    async def send_unbumped(self) -> None:
+        """Send the bumps Redis missed; raises if it still cannot take them."""
+        if self._unbumped_overflow:
+            await self._delete_all_pages()
+            self._unbumped_overflow = False
+        if not self._unbumped:
+            return
+        async with asyncio.timeout(_REDIS_TIMEOUT_S):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                carried = self.stage_invalidation(pipe, set())
+                await pipe.execute()
+        self.invalidation_sent(carried)
+        log.info("cache invalidations sent after redis returned", scopes=len(carried))
+
+    async def _delete_all_pages(self) -> None:
+        async for key in self._redis.scan_iter(match=self.keys.page_pattern(), count=1000):
+            await self._redis.unlink(key)
+        await self._redis.publish(self.keys.invalidation_channel(), EVERYTHING)
 
     def _drop_flights(self, matches: Callable[[str], bool]) -> None:
         # Later requests must not join a load that may have read Postgres before the write.
@@ -221,6 +279,8 @@ class PageCache:
         if self._clock() < self._redis_skip_until:
             return None, None
         try:
+            if self._unbumped or self._unbumped_overflow:  # a page in Redis may predate a write of ours
+                await self.send_unbumped()
             async with asyncio.timeout(_REDIS_TIMEOUT_S):
                 version, tagged = await self._redis.mget(scope, key)
         except (RedisError, OSError, TimeoutError) as exc:

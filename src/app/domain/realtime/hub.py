@@ -9,9 +9,10 @@ Two loops run for the life of the process: the listener (reconnects with backoff
 the catch-up check, which compares each local room with Postgres every few seconds and fills what a lost
 publish left out; it also runs at once after the listener reconnects.
 
-The same events keep the read cache's in-memory layer coherent: each one drops the pages it makes stale,
-and the layer is only used while the subscription is confirmed (from Redis's psubscribe reply until the
-connection is lost), since an invalidation missed would otherwise leave a stale page for a whole TTL.
+The same connection carries the read cache's invalidation channel: each message drops the pages it names
+from this process's memory. That layer is only used while the subscription is confirmed (from Redis's reply
+until the connection is lost), since an invalidation missed would leave a stale page for a whole TTL; on
+(re)subscribing, the bumps this process could not send while Redis was away go out first.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Hub:
         key_prefix: str,
         history: History,
         settings: RealtimeSettings,
-        cache: PageCache | None = None,
+        cache: PageCache,
     ) -> None:
         self.redis_url = redis_url
         self.key_prefix = key_prefix
@@ -137,18 +138,22 @@ class Hub:
             pubsub = client.pubsub()
             try:
                 await pubsub.psubscribe(org_channel_pattern(self.key_prefix))
+                await pubsub.subscribe(self.cache.keys.invalidation_channel())
                 if attempt:
                     log.info("realtime subscription restored", attempts=attempt)
                     self._check_now.set()  # whatever was published while we were away comes from Postgres
                 attempt = 0
                 async for message in pubsub.listen():
+                    if message["type"] == "subscribe":  # Redis confirms in order: both are active now
+                        await self.cache.send_unbumped()
+                        self.cache.set_memory_live(True)
+                        continue
                     try:
                         self._on_message(message)
                     except Exception:  # one bad event must not stop delivery of the others
                         log.exception("realtime event dispatch failed")
-            except (RedisError, OSError) as exc:
-                if self.cache is not None:  # invalidations may be missed from now until resubscribed
-                    self.cache.set_memory_live(False)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.cache.set_memory_live(False)  # invalidations may be missed until resubscribed
                 delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
                 attempt += 1
                 log.warning("realtime subscription lost", error=type(exc).__name__, retry_in_s=delay)
@@ -159,9 +164,10 @@ class Hub:
                     await client.aclose()
 
     def _on_message(self, message: dict[str, object]) -> None:
-        if message.get("type") == "psubscribe":
-            if self.cache is not None:  # from here on, every write's event reaches us
-                self.cache.set_memory_live(True)
+        if message.get("type") == "message":  # the cache's invalidation channel
+            data = message["data"]
+            if isinstance(data, bytes):
+                self.cache.invalidate(data.decode().split("\n"))
             return
         if message.get("type") != "pmessage":
             return
@@ -177,8 +183,6 @@ class Hub:
         except msgspec.DecodeError:
             log.warning("undecodable realtime event dropped", channel=str(channel))
             return
-        if self.cache is not None:
-            self.cache.invalidate(self.cache.keys.scopes_touched(org_id, [envelope]))
         self.dispatch(org_id, envelope)
 
     async def _catch_up(self) -> None:

@@ -1,8 +1,7 @@
 """Publishing after commit (ARCHITECTURE invariant 4): best effort, never failing the request.
 
-The same round trip makes the read cache's pages stale (version bumps in Redis), and this process drops its
-own in-memory copies first, so the writer's next read sees its write; other API processes drop theirs when
-the event reaches them through their subscription.
+The same round trip makes the read cache's pages stale everywhere (see PageCache.stage_invalidation); this
+process drops its own in-memory copies before and after it, so the writer's next read sees its write.
 
 A publish lost here (Redis down, process killed right after commit) is not a lost message: every API
 process compares its rooms with Postgres every few seconds and replays what its sockets missed.
@@ -18,8 +17,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.config import CacheSettings
-from app.domain.conversations.cache import CacheKeys, PageCache, bump_versions, version_ttl_s
+from app.domain.conversations.cache import PageCache
 from app.domain.realtime.events import Envelope, envelope_encoder, org_channel
 
 log = structlog.get_logger()
@@ -28,18 +26,10 @@ _PUBLISH_TIMEOUT_S = 0.5  # a hung Redis must not hold a webhook's 200
 
 
 class EventPublisher:
-    def __init__(
-        self,
-        redis: Redis,
-        key_prefix: str,
-        cache_settings: CacheSettings,
-        local_cache: PageCache | None = None,
-    ) -> None:
+    def __init__(self, redis: Redis, key_prefix: str, cache: PageCache) -> None:
         self._redis = redis
         self._prefix = key_prefix
-        self._cache_keys = CacheKeys(key_prefix)
-        self._version_ttl_s = version_ttl_s(cache_settings)
-        self._local_cache = local_cache
+        self._cache = cache
 
     async def publish(
         self, org_id: UUID, envelopes: list[Envelope], *, history_rewritten: Iterable[UUID] = ()
@@ -47,23 +37,28 @@ class EventPublisher:
         """Send the envelopes to every API process; False if Redis could not take them (logged).
 
         `history_rewritten`: conversations whose cached history is stale though no room event says so (a
-        repair job); other processes' in-memory copies of those expire with their TTL.
+        repair job).
         """
         if not envelopes:
             return True
         channel = org_channel(self._prefix, org_id)
-        stale = self._cache_keys.scopes_touched(org_id, envelopes)
-        stale.update(self._cache_keys.messages_scope(org_id, cid) for cid in history_rewritten)
-        if self._local_cache is not None:
-            self._local_cache.invalidate(stale)
+        keys = self._cache.keys
+        stale = keys.scopes_touched(org_id, envelopes)
+        stale.update(keys.messages_scope(org_id, cid) for cid in history_rewritten)
+        self._cache.invalidate(stale)
         try:
             async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    bump_versions(pipe, stale, self._version_ttl_s)
+                    carried = self._cache.stage_invalidation(pipe, stale)
                     for envelope in envelopes:
                         pipe.publish(channel, envelope_encoder.encode(envelope))
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
+            self._cache.invalidation_failed(stale)
             log.warning("publish failed; catch-up will deliver", org_id=str(org_id), error=type(exc).__name__)
             return False
+        finally:
+            # A read of ours during the round trip may have put back the page as Redis still had it.
+            self._cache.invalidate(stale)
+        self._cache.invalidation_sent(carried)
         return True

@@ -1,0 +1,701 @@
+"""`just bench-read`: the cached latest page of a conversation (GET /api/whatsapp-optimized/messages/{id})
+in req/s and p50/p99, next to a raw ASGI endpoint answering the same bytes, with the same load generator and
+connections in the same run; Postgres statements per cached request; and the API process's RSS after reading
+1k and then 100k more distinct conversations with a fixed L1 budget. Prints figures; it passes or fails
+nothing (timings on shared machines are noisy).
+
+    uv run python -m tests.bench.read [--quick] [--seconds 5] [--rounds 2] [--connections 16]
+                                      [--conversations 100000] [--budget-mib 16] [--cold]
+
+The RSS part reads each conversation's page from the L2 (Redis), prefilled with the pages the API itself
+would store (checked byte for byte on one), so 100k reads take ~50 s instead of ~4 min through Postgres
+and the ORM on 2 cores; `--cold` reads them from Postgres instead. L1 holds them either way.
+
+DATABASE_URL and REDIS_URL come from the environment (`just` starts throw-away servers); the run works in a
+scratch database and a Redis key prefix of its own. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import httpx
+import msgspec
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from app.config import AppSettings, AuthSettings, CacheSettings, DatabaseSettings, RedisSettings, Settings
+from app.domain.accounts.auth import TokenIssuer, build_jwt_auth
+from app.domain.conversations.cache import CacheKeys
+from app.domain.conversations.schemas import MessageOut, MessagePage
+from tests.bench.loadgen import HttpConnection
+from tests.bench.realtime import UVICORN_ARGS, _cpu_seconds
+from tests.bench.realtime_clients import percentile_ms, quiet_gc
+from tests.bench.realtime_idle import rss_kb
+from tests.databases import plain_dsn, scratch_database
+from tests.factories import Tenant, create_tenant
+from tests.process_rig import ROOT, ApiProcess, _free_port, api_processes, env_for
+
+HOT_MESSAGES = 120  # more than a page: the latest page is full (50) and says has_more_before
+COLD_MESSAGES = 3
+WARM_SET = 1_000  # conversations read before the first RSS sample
+PAGE_PATH = "/api/whatsapp-optimized/messages/{}"
+STATS_PATH = "/api/whatsapp-optimized/stats"
+FLOOR_PATH = "/health"  # Litestar with no auth, no cache, no database: the framework's own cost
+PAGE_LIMIT = 50  # the API's default page size, the variant the page cache keeps
+_RAW_BODY_ENV = "READ_BENCH_RAW_BODY_FILE"
+_MIB = 1024 * 1024
+
+# -- the raw ASGI endpoint: `uvicorn tests.bench.read:raw_app`, the page's bytes for every request --------
+
+_raw_response: list[dict[str, Any]] = []
+
+
+async def raw_app(
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+) -> None:
+    if scope["type"] == "http":
+        for message in _raw_response:
+            await send(message)
+        return
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                body = Path(os.environ[_RAW_BODY_ENV]).read_bytes()
+                headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+                _raw_response[:] = [
+                    {"type": "http.response.start", "status": 200, "headers": headers},
+                    {"type": "http.response.body", "body": body},
+                ]
+                await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+class RawProcess(ApiProcess):
+    """`raw_app` under uvicorn with the API processes' options (process_rig starts only app.asgi:app)."""
+
+    def _spawn(self) -> None:
+        self.port = _free_port()
+        self.base_url, self.ws_url = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
+        args = f"--host 127.0.0.1 --port {self.port} --no-access-log --timeout-graceful-shutdown 5".split()
+        cmd = [sys.executable, "-m", "uvicorn", "tests.bench.read:raw_app", *args, *self._extra_args]
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid = self._proc.pid
+
+
+# -- the client -------------------------------------------------------------------------------------------
+
+
+class GetConnection(HttpConnection):
+    """loadgen's keep-alive connection with a GET: the request is prepared once, the response head read in
+    one call (this client shares 2 cores with the servers it measures)."""
+
+    @staticmethod
+    def request(host: str, path: str, headers: dict[str, str]) -> bytes:
+        head = [f"GET {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+        return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+    async def get(self, request: bytes) -> tuple[int, bytes, float]:
+        """(status, body, seconds until the full response arrived)."""
+        started = time.perf_counter()
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        at = head.lower().find(b"\r\ncontent-length:")
+        length = int(head[at + 17 : head.index(b"\r\n", at + 2)]) if at >= 0 else 0
+        body = await self.reader.readexactly(length) if length else b""
+        return int(head[9:12]), body, time.perf_counter() - started
+
+
+@dataclass
+class Load:
+    """What one target answered over its runs."""
+
+    name: str
+    pid: int
+    requests: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    wrong_bodies: int = 0
+    server_cpu: float = 0.0  # CPU seconds of the server process
+    client_cpu: float = 0.0  # CPU seconds of this process
+    runs: list[float] = field(default_factory=list)  # req/s per run
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else float("nan")
+
+
+async def _hammer(
+    port: int, request: bytes, expected: bytes, connections: int, seconds: float, load: Load | None
+) -> None:
+    """`connections` keep-alive connections, each sending the next request when the last one answered, for
+    `seconds` (a closed loop: the figure is throughput at this concurrency, latency includes queueing)."""
+    conns = [await GetConnection.open("127.0.0.1", port) for _ in range(connections)]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    wrong = 0
+
+    async def worker(conn: GetConnection, deadline: float) -> None:
+        nonlocal wrong
+        clock = time.perf_counter
+        while clock() < deadline:
+            status, body, elapsed = await conn.get(request)
+            latencies.append(elapsed)
+            statuses[status] = statuses.get(status, 0) + 1
+            if body != expected:
+                wrong += 1
+
+    try:
+        with quiet_gc():
+            server_cpu, client_cpu = (_cpu_seconds(load.pid) if load else 0.0), time.process_time()
+            started = time.perf_counter()
+            await asyncio.gather(*(worker(c, started + seconds) for c in conns))
+            elapsed = time.perf_counter() - started
+    finally:
+        for conn in conns:
+            await conn.close()
+    if load is None:
+        return
+    load.requests += len(latencies)
+    load.seconds += elapsed
+    load.latencies += latencies
+    for status, count in statuses.items():
+        load.statuses[status] = load.statuses.get(status, 0) + count
+    load.wrong_bodies += wrong
+    load.server_cpu += _cpu_seconds(load.pid) - server_cpu
+    load.client_cpu += time.process_time() - client_cpu
+    load.runs.append(len(latencies) / elapsed)
+
+
+async def _read_each(
+    port: int, paths: Iterable[str], headers: dict[str, str], concurrency: int
+) -> dict[int, int]:
+    """GET every path once over `concurrency` keep-alive connections; statuses counted."""
+    host = f"127.0.0.1:{port}"
+    queue = iter(paths)
+    statuses: dict[int, int] = {}
+
+    async def worker() -> None:
+        conn = await GetConnection.open("127.0.0.1", port)
+        try:
+            for path in queue:
+                status, _, _ = await conn.get(GetConnection.request(host, path, headers))
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+# -- the data ---------------------------------------------------------------------------------------------
+
+
+async def _seed(database_url: str, tenant: Tenant, cold: int) -> tuple[UUID, list[UUID]]:
+    """One hot conversation of HOT_MESSAGES and `cold` conversations of COLD_MESSAGES, by set-based SQL."""
+    org, instance = tenant.org_id, tenant.instance("evolution").id
+    conn = await asyncpg.connect(plain_dsn(database_url))
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "CREATE TEMP TABLE seed ON COMMIT DROP AS SELECT g, "
+                "CASE WHEN g = 0 THEN $1::int ELSE $2::int END AS k, gen_random_uuid() AS contact_id, "
+                "gen_random_uuid() AS conversation_id FROM generate_series(0, $3::int) g",
+                HOT_MESSAGES,
+                COLD_MESSAGES,
+                cold,
+            )
+            await conn.execute(
+                "INSERT INTO contacts (id, org_id, wa_id, name, created_at, updated_at) "
+                "SELECT contact_id, $1, '5511' || lpad(g::text, 9, '0'), 'Customer ' || g, now(), now() "
+                "FROM seed",
+                org,
+            )
+            await conn.execute(
+                "INSERT INTO conversations (id, org_id, instance_id, contact_id, status, last_seq, "
+                "last_message_at, last_message_preview, last_message_direction, unread_count, "
+                "created_at, updated_at) "
+                "SELECT conversation_id, $1, $2, contact_id, 'open', k, now() - g * interval '1 second', "
+                "'message ' || k, 'inbound', 0, now(), now() FROM seed",
+                org,
+                instance,
+            )
+            await conn.execute(
+                "INSERT INTO messages (id, org_id, conversation_id, instance_id, seq, gateway_message_id, "
+                "direction, type, body, status, sent_at, received_at, raw, send_attempts, created_at, "
+                "updated_at) "
+                "SELECT gen_random_uuid(), $1, s.conversation_id, $2, m, 'SEED' || s.g || '-' || m, "
+                "CASE WHEN m % 2 = 0 THEN 'outbound' ELSE 'inbound' END, 'text', "
+                "'Hello, this is message ' || m || ' of conversation ' || s.g || ': where is my order?', "
+                "CASE WHEN m % 2 = 0 THEN 'delivered' ELSE 'received' END, "
+                "now() - (s.k - m) * interval '1 minute', now() - (s.k - m) * interval '1 minute', "
+                "'{}'::jsonb, 0, now(), now() "
+                "FROM seed s, generate_series(1, s.k) m",
+                org,
+                instance,
+            )
+            rows = await conn.fetch("SELECT conversation_id FROM seed ORDER BY g")
+        await conn.execute("ANALYZE contacts; ANALYZE conversations; ANALYZE messages")
+    finally:
+        await conn.close()
+    ids = [row["conversation_id"] for row in rows]
+    return ids[0], ids[1:]
+
+
+async def _drop_redis_keys(url: str, prefix: str) -> int:
+    redis = Redis.from_url(url)
+    dropped = 0
+    try:
+        batch: list[bytes] = []
+        async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                dropped += await redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            dropped += await redis.unlink(*batch)
+    finally:
+        await redis.aclose()
+    return dropped
+
+
+async def _prefill_l2(
+    database_url: str, settings: Settings, org_id: UUID, conversations: list[UUID]
+) -> tuple[float, int, bytes]:
+    """Put the latest page of these conversations into the L2 (Redis), as an API process that had read
+    them would (tagged with version 0: no write since), so reading them costs this API process a Redis GET
+    instead of Postgres. The pages are built from the same schema and encoder as app.domain.conversations
+    .reads; the run checks one against what the API itself loads from Postgres.
+
+    Returns (seconds, bytes of pages, the first conversation's page)."""
+    started = time.perf_counter()
+    keys, encoder = CacheKeys(settings.redis.key_prefix), msgspec.json.Encoder()
+    conn = await asyncpg.connect(plain_dsn(database_url))
+    try:
+        rows = await conn.fetch(
+            "SELECT c.id AS cid, c.last_seq, m.id, m.seq, m.gateway_message_id, m.direction, m.type, m.body, "
+            "m.status, m.sent_at, m.received_at FROM conversations c "
+            "JOIN LATERAL (SELECT * FROM messages m WHERE m.conversation_id = c.id ORDER BY m.seq DESC "
+            "LIMIT $2) m ON true WHERE c.id = ANY($1::uuid[]) ORDER BY c.id, m.seq",
+            conversations,
+            PAGE_LIMIT,
+        )
+    finally:
+        await conn.close()
+    pages: dict[UUID, list[asyncpg.Record]] = {}
+    for row in rows:
+        pages.setdefault(row["cid"], []).append(row)
+    redis = Redis.from_url(settings.redis.url)
+    total, first = 0, b""
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for n, (cid, page_rows) in enumerate(pages.items(), 1):
+            items = [
+                MessageOut(
+                    id=r["id"],
+                    conversation_id=cid,
+                    seq=r["seq"],
+                    gateway_message_id=r["gateway_message_id"],
+                    direction=r["direction"],
+                    type=r["type"],
+                    body=r["body"],
+                    status=r["status"],
+                    sent_at=r["sent_at"],
+                    received_at=r["received_at"],
+                    media=None,  # the seed has no media
+                )
+                for r in page_rows
+            ]
+            last_seq = page_rows[0]["last_seq"]
+            page = encoder.encode(
+                MessagePage(
+                    conversation_id=cid,
+                    items=items,
+                    last_seq=last_seq,
+                    has_more_before=items[0].seq > 1,
+                    has_more_after=items[-1].seq < last_seq,
+                )
+            )
+            total += len(page)
+            first = first or (page if cid == conversations[0] else b"")
+            scope = keys.messages_scope(org_id, cid)
+            pipe.set(
+                keys.page_key(scope, f"latest:{PAGE_LIMIT}"), b"0\n" + page, ex=settings.cache.redis_ttl_s
+            )
+            if n % 2000 == 0:
+                await pipe.execute()
+        await pipe.execute()
+    finally:
+        await redis.aclose()
+    return time.perf_counter() - started, total, first
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+
+def _settings(database_url: str, budget: int) -> Settings:
+    return Settings(
+        app=AppSettings(environment="bench", log_level="WARNING", log_json=True),
+        db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=10),
+        redis=RedisSettings(url=os.environ["REDIS_URL"], key_prefix=f"crm-bench-read-{secrets.token_hex(4)}"),
+        auth=AuthSettings(jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=3600),
+        cache=CacheSettings(memory_max_bytes=budget),
+    )
+
+
+@dataclass
+class Throughput:
+    raw: Load
+    api: Load
+    floor: Load
+    order: list[str]
+    statements: int
+    hits: int
+    redis_hits: int
+    live: bool
+    page: bytes
+
+
+@dataclass
+class Memory:
+    reads: int
+    seconds: float
+    statuses: dict[int, int]
+    rss_kb: int
+    cache: dict[str, Any]
+
+
+@dataclass
+class Rss:
+    source: str
+    baseline_kb: int
+    first: Memory
+    second: Memory
+    full: Memory | None  # just after L1 first filled up, within the second phase
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, api: ApiProcess, http: httpx.AsyncClient, tmp: Path) -> None:
+        self.args, self.api, self.http, self.tmp = args, api, http, tmp
+        self.headers = {"authorization": str(http.headers["authorization"])}
+
+    async def stats(self) -> dict[str, Any]:
+        response = await self.http.get(STATS_PATH)
+        response.raise_for_status()
+        process: dict[str, Any] = response.json()["process"]
+        return process
+
+    async def throughput(self, env: dict[str, str], hot: UUID) -> Throughput:
+        args, path = self.args, PAGE_PATH.format(hot)
+        live = False
+        for _ in range(100):  # the hub subscribes after startup; until then L1 is bypassed
+            if live := bool((await self.stats())["cache"]["memory"]["live"]):
+                break
+            await asyncio.sleep(0.05)
+        for _ in range(5):
+            response = await self.http.get(path)
+            response.raise_for_status()
+        page = response.content
+        live = live and bool((await self.stats())["cache"]["memory"]["live"])
+        body_file = self.tmp / "page.json"
+        body_file.write_bytes(page)
+        raw = RawProcess(self.tmp / "raw.log", {**env, _RAW_BODY_ENV: str(body_file)}, UVICORN_ARGS)
+        try:
+            raw._wait_healthy(time.monotonic() + 20)
+            loads = {"raw": Load("raw ASGI", raw.pid), "api": Load("cached GET", self.api.pid)}
+            ports = {"raw": raw.port, "api": self.api.port}
+            requests = {
+                t: GetConnection.request(f"127.0.0.1:{p}", path, self.headers) for t, p in ports.items()
+            }
+            # One unmeasured second each: connections, the servers' first requests, this process's caches.
+            for target in ("raw", "api"):
+                await _hammer(ports[target], requests[target], page, args.connections, 1.0, None)
+            before = await self.stats()
+            order: list[str] = []
+            for round_ in range(
+                args.rounds
+            ):  # ABBA: raw api, api raw, ...: a drifting machine favours neither
+                for target in ("raw", "api") if round_ % 2 == 0 else ("api", "raw"):
+                    order.append(target)
+                    await _hammer(
+                        ports[target], requests[target], page, args.connections, args.seconds, loads[target]
+                    )
+            after = await self.stats()
+        finally:
+            raw.terminate()
+        floor = Load("/health", self.api.pid)
+        health = (await self.http.get(FLOOR_PATH)).content
+        request = GetConnection.request(f"127.0.0.1:{self.api.port}", FLOOR_PATH, self.headers)
+        await _hammer(self.api.port, request, health, args.connections, args.seconds, floor)
+        m0, m1 = before["cache"], after["cache"]
+        return Throughput(
+            raw=loads["raw"],
+            api=loads["api"],
+            floor=floor,
+            order=order,
+            statements=after["database_statements"] - before["database_statements"],
+            hits=m1["memory"]["hits"] - m0["memory"]["hits"],
+            redis_hits=m1["redis"]["hits"] - m0["redis"]["hits"],
+            live=live,
+            page=page,
+        )
+
+    async def read_each(self, ids: list[UUID]) -> Memory:
+        started = time.perf_counter()
+        paths = (PAGE_PATH.format(i) for i in ids)
+        statuses = await _read_each(self.api.port, paths, self.headers, self.args.read_concurrency)
+        seconds = time.perf_counter() - started
+        await asyncio.sleep(1.0)  # let the last responses' buffers go before sampling
+        rss = rss_kb(self.api.pid)
+        return Memory(len(ids), seconds, statuses, rss, (await self.stats())["cache"])
+
+    async def rss(self, database_url: str, settings: Settings, org_id: UUID, cold: list[UUID]) -> Rss:
+        baseline = rss_kb(self.api.pid)
+        if not self.args.cold:
+            # What the API loads from Postgres for one conversation, to compare with the prefilled bytes.
+            response = await self.http.get(PAGE_PATH.format(cold[0]))
+            response.raise_for_status()
+            seconds, size, sample = await _prefill_l2(database_url, settings, org_id, cold)
+            same = "byte-identical" if sample == response.content else "DIFFERENT (check _prefill_l2)"
+            print(
+                f"  L2 prefill: {len(cold):,} pages ({_mib(size)}) put in Redis in {seconds:.1f} s; "
+                f"{same} to the API's own page of the same conversation",
+                flush=True,
+            )
+        first = await self.read_each(cold[:WARM_SET])
+        print(f"  ... read {first.reads:,} conversations in {first.seconds:.1f} s", flush=True)
+        rest = cold[WARM_SET:]
+        # Also sample once L1 has just filled up: from there on RSS should stay flat, however many are read.
+        memory = first.cache["memory"]
+        fill = int(memory["max_bytes"] / (memory["bytes"] / max(memory["keys"], 1)) * 1.25)
+        full = None
+        if fill < len(rest) // 2:
+            full = await self.read_each(rest[:fill])
+            rest = rest[fill:]
+            print(f"  ... read {full.reads:,} more in {full.seconds:.1f} s (L1 full)", flush=True)
+        second = await self.read_each(rest)
+        if full is not None:  # the figures of the whole second phase
+            second.reads += full.reads
+            second.seconds += full.seconds
+            for status, count in full.statuses.items():
+                second.statuses[status] = second.statuses.get(status, 0) + count
+        source = "Postgres (--cold)" if self.args.cold else "L2 (Redis)"
+        return Rss(source, baseline, first, second, full)
+
+
+async def run(args: argparse.Namespace, database_url: str) -> None:
+    total_started = time.perf_counter()
+    budget = int(args.budget_mib * _MIB)
+    settings = _settings(database_url, budget)
+    engine = create_async_engine(database_url)
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        tenant = await create_tenant(session)
+    await engine.dispose()
+    print(
+        f"read benchmark: 1 API process (uvicorn, 1 worker), {os.cpu_count()} CPUs, L1 budget {_mib(budget)} "
+        f"(CACHE_MEMORY_MAX_BYTES={budget}), L1 TTL {settings.cache.memory_ttl_s:g} s"
+        + ("  [--quick]" if args.quick else ""),
+        flush=True,
+    )
+    started = time.perf_counter()
+    hot, cold = await _seed(database_url, tenant, WARM_SET + args.conversations)
+    print(
+        f"  seeded {len(cold):,} conversations x {COLD_MESSAGES} messages + 1 hot conversation x "
+        f"{HOT_MESSAGES} messages in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+    token = TokenIssuer(build_jwt_auth(settings), settings.auth.token_ttl_seconds).issue(tenant.admin)
+    env = env_for(settings, CACHE_MEMORY_MAX_BYTES=str(budget))
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-read-") as tmp,
+            api_processes(1, env, extra_args=UVICORN_ARGS) as (api,),
+        ):
+            async with httpx.AsyncClient(
+                base_url=api.base_url,
+                headers={"Authorization": f"Bearer {token}"},
+                trust_env=False,
+                timeout=30,
+            ) as http:
+                bench = Bench(args, api, http, Path(tmp))
+                throughput = await bench.throughput(env, hot)
+                _print_throughput(args, throughput)
+                rss = await bench.rss(database_url, settings, tenant.org_id, cold)
+                _print_rss(rss)
+    finally:
+        dropped = await _drop_redis_keys(settings.redis.url, settings.redis.key_prefix)
+    print(f"  cleanup: {dropped:,} Redis keys dropped; total {time.perf_counter() - total_started:.0f} s")
+    _print_summary(args, budget, throughput, rss)
+
+
+# -- the report -------------------------------------------------------------------------------------------
+
+
+def _ms(samples: list[float]) -> str:
+    return f"p50 {percentile_ms(samples, 50):6.2f} ms  p99 {percentile_ms(samples, 99):6.2f} ms"
+
+
+def _mib(n: float) -> str:
+    return f"{n / _MIB:.1f} MiB"
+
+
+def _print_throughput(args: argparse.Namespace, tp: Throughput) -> None:
+    print(
+        f"  hot page: GET {PAGE_PATH.format('{id}')} (latest {PAGE_LIMIT} of {HOT_MESSAGES} messages), "
+        f"{len(tp.page):,} bytes; L1 live before the runs: {tp.live}"
+    )
+    print(
+        f"  throughput: {args.connections} keep-alive connections (closed loop), {args.seconds:g} s per run, "
+        f"run order {' '.join(tp.order)} after 1 s unmeasured each; same client, headers and bytes"
+    )
+    for load in (tp.raw, tp.api, tp.floor):
+        runs = ", ".join(f"{r:,.0f}" for r in load.runs)
+        print(
+            f"    {load.name:<10} {load.rate:7,.0f} req/s  {_ms(load.latencies)}   "
+            f"({load.requests:,} requests, runs {runs}; statuses {load.statuses}, wrong bodies "
+            f"{load.wrong_bodies}; server CPU {load.server_cpu / load.seconds:.0%} = "
+            f"{load.server_cpu / load.requests * 1e6:.0f} µs/request, "
+            f"client CPU {load.client_cpu / load.seconds:.0%})"
+        )
+    print(
+        f"    ratio cached/raw = {tp.api.rate / tp.raw.rate:.2f}   (goal >= 0.5; Litestar /health with no "
+        f"auth, cache or database, after the pairs: {tp.floor.rate / tp.raw.rate:.2f} of raw)"
+    )
+    per_request = tp.statements / tp.api.requests if tp.api.requests else float("nan")
+    print(
+        f"  postgres statements per cached request: {per_request:.3f}   ({tp.statements} statements over "
+        f"{tp.api.requests:,} requests; L1 hits +{tp.hits:,}, L2 hits +{tp.redis_hits:,})"
+    )
+    if tp.statements:
+        print(f"  WARNING: the cached runs sent {tp.statements} SQL statements to Postgres; expected 0")
+
+
+def _print_rss(rss: Rss) -> None:
+    first, second, full = rss.first, rss.second, rss.full
+    samples = [(f"{first.reads:,}", first), (f"{second.reads:,} more", second)]
+    if full is not None:
+        samples.insert(1, (f"{full.reads:,} more", full))
+    for label, m in samples:
+        mem = m.cache["memory"]
+        print(
+            f"  RSS after reading {label:<14} {m.rss_kb / 1024:6.1f} MiB   L1 {mem['keys']:,} keys, "
+            f"{_mib(mem['bytes'])} of {_mib(mem['max_bytes'])}, evictions {mem['evictions']:,}, "
+            f"expirations {mem['expirations']:,}   ({m.reads / m.seconds:,.0f} reads/s from {rss.source}, "
+            f"statuses {m.statuses}; postgres loads so far {m.cache['postgres_loads']:,})"
+        )
+    grown = (second.cache["memory"]["bytes"] - first.cache["memory"]["bytes"]) / _MIB
+    print(
+        f"    RSS {second.rss_kb / first.rss_kb - 1:+.1%} (goal within ±10%); "
+        f"{(second.rss_kb - first.rss_kb) / 1024:+.1f} MiB RSS for {grown:+.1f} MiB of L1 bytes counted; "
+        f"RSS before both {rss.baseline_kb / 1024:.1f} MiB"
+    )
+    if full is not None:
+        print(
+            f"    from L1 full ({full.reads:,} more) to the end: RSS {second.rss_kb / full.rss_kb - 1:+.1%} "
+            f"({full.rss_kb / 1024:.1f} -> {second.rss_kb / 1024:.1f} MiB)"
+        )
+
+
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def _print_summary(args: argparse.Namespace, budget: int, tp: Throughput, rss: Rss) -> None:
+    ratio = tp.api.rate / tp.raw.rate
+    per_request = tp.statements / tp.api.requests if tp.api.requests else float("nan")
+    first, second = rss.first, rss.second
+    growth = second.rss_kb / first.rss_kb - 1
+    final_bytes = second.cache["memory"]["bytes"]
+    quick = " (--quick: 10k, not 100k)" if args.quick else ""
+    rows = [
+        (
+            ratio >= 0.5,
+            "cached GET >= 0.5x raw ASGI req/s",
+            f"{ratio:.2f}x  ({tp.api.rate:,.0f} vs {tp.raw.rate:,.0f} req/s; p50 "
+            f"{percentile_ms(tp.api.latencies, 50):.2f} vs {percentile_ms(tp.raw.latencies, 50):.2f} ms, "
+            f"p99 {percentile_ms(tp.api.latencies, 99):.2f} vs {percentile_ms(tp.raw.latencies, 99):.2f} ms)",
+        ),
+        (tp.statements == 0, "0 Postgres queries per cached GET", f"{per_request:.3f}"),
+        (
+            abs(growth) <= 0.10,
+            f"RSS 1k vs +{second.reads // 1000}k within ±10%",
+            f"{growth:+.1%}  ({first.rss_kb / 1024:.1f} -> {second.rss_kb / 1024:.1f} MiB; "
+            f"the L1 budget alone is {budget / 1024 / first.rss_kb:.0%} of the first){quick}",
+        ),
+        (final_bytes <= budget, "L1 bytes <= budget", f"{_mib(final_bytes)} of {_mib(budget)}"),
+    ]
+    print("summary")
+    for ok, goal, figure in rows:
+        print(f"  {_mark(ok)} {goal:<36} {figure}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="~20 s: 10k conversations, 1 pair of 2 s runs")
+    parser.add_argument("--seconds", type=float, default=None, help="per measured run (default 5; quick 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="raw/api pairs, order alternating (default 2)"
+    )
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--conversations",
+        type=int,
+        default=None,
+        help="read after the first 1k (default 100000; quick 10000)",
+    )
+    parser.add_argument("--read-concurrency", type=int, default=32)
+    parser.add_argument("--budget-mib", type=float, default=16.0, help="CACHE_MEMORY_MAX_BYTES in MiB")
+    parser.add_argument(
+        "--cold", action="store_true", help="RSS part: read pages from Postgres, not a prefilled L2 (slower)"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="hard limit on the whole run")
+    args = parser.parse_args()
+    quick = args.quick
+    args.seconds = args.seconds or (2.0 if quick else 5.0)
+    args.rounds = args.rounds or (1 if quick else 2)
+    args.conversations = args.conversations or (10_000 if quick else 100_000)
+
+    async def bounded(url: str) -> None:
+        async with asyncio.timeout(args.timeout):
+            await run(args, url)
+
+    try:
+        import uvloop  # the bench client too: it shares 2 cores with what it measures
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with (
+        scratch_database(os.environ["DATABASE_URL"], "crm_bench_read") as url,
+        asyncio.Runner(loop_factory=loop_factory) as runner,
+    ):
+        runner.run(bounded(url))
+
+
+if __name__ == "__main__":
+    main()
