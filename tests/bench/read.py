@@ -5,7 +5,7 @@ connections in the same run; Postgres statements per cached request; and the API
 nothing (timings on shared machines are noisy).
 
     uv run python -m tests.bench.read [--quick] [--seconds 5] [--rounds 2] [--connections 16]
-                                      [--conversations 100000] [--budget-mib 16] [--cold]
+                                      [--conversations 100000] [--budget-mib 8] [--cold]
 
 The RSS part reads each conversation's page from the L2 (Redis), prefilled with the pages the API itself
 would store (checked byte for byte on one), so 100k reads take ~50 s instead of ~4 min through Postgres
@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, CacheSettings, DatabaseSettings, RedisSettings, Settings
-from app.domain.accounts.auth import TokenIssuer, build_jwt_auth
+from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
 from app.domain.conversations.cache import CacheKeys
 from app.domain.conversations.schemas import MessageOut, MessagePage
 from tests.bench.loadgen import HttpConnection
@@ -529,7 +529,9 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
         f"{HOT_MESSAGES} messages in {time.perf_counter() - started:.1f} s",
         flush=True,
     )
-    token = TokenIssuer(build_jwt_auth(settings), settings.auth.token_ttl_seconds).issue(tenant.admin)
+    token = TokenIssuer(build_jwt_auth(settings, VerifiedTokens()), settings.auth.token_ttl_seconds).issue(
+        tenant.admin
+    )
     env = env_for(settings, CACHE_MEMORY_MAX_BYTES=str(budget))
     try:
         with (
@@ -669,7 +671,7 @@ def main() -> None:
         help="read after the first 1k (default 100000; quick 10000)",
     )
     parser.add_argument("--read-concurrency", type=int, default=32)
-    parser.add_argument("--budget-mib", type=float, default=16.0, help="CACHE_MEMORY_MAX_BYTES in MiB")
+    parser.add_argument("--budget-mib", type=float, default=8.0, help="CACHE_MEMORY_MAX_BYTES in MiB")
     parser.add_argument(
         "--cold", action="store_true", help="RSS part: read pages from Postgres, not a prefilled L2 (slower)"
     )

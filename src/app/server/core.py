@@ -14,6 +14,7 @@ from advanced_alchemy.extensions.litestar import (
 )
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
@@ -22,7 +23,7 @@ from litestar.plugins.problem_details import ProblemDetailsPlugin
 from redis.asyncio import Redis
 
 from app.config import Settings, get_settings
-from app.domain.accounts.auth import TokenIssuer, build_jwt_auth
+from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
 from app.domain.accounts.controllers import AuthController
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
@@ -40,6 +41,7 @@ from app.lib.jobs import ArqPlugin, JobQueue, queue_name
 from app.lib.logging import structlog_plugin
 from app.lib.redaction import redact_server_logs
 from app.lib.stores import FailOpenRedisStore
+from app.server.fastpath import CachedPageFastPath
 from app.server.signals import close_sockets_on_sigterm
 
 # Ordinary JSON requests are small; only webhooks may carry inline base64 media.
@@ -70,10 +72,19 @@ def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     )
 
 
+def create_asgi(settings: Settings | None = None) -> CachedPageFastPath:
+    """The app uvicorn serves: Litestar behind the fast path for pages already in this process's memory."""
+    app = create_app(settings)
+    state = app.state
+    assert app.cors_config is not None
+    return CachedPageFastPath(app, state.page_cache, state.verified_tokens, app.cors_config)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     redact_server_logs()
-    jwt_auth = build_jwt_auth(settings)
+    verified_tokens = VerifiedTokens()
+    jwt_auth = build_jwt_auth(settings, verified_tokens)
     token_issuer = TokenIssuer(jwt_auth, settings.auth.token_ttl_seconds)
     redis = Redis.from_url(settings.redis.url)
     prefix = settings.redis.key_prefix
@@ -117,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             realtime_socket,
             websocket_info,
         ],
+        state=State({"page_cache": page_cache, "verified_tokens": verified_tokens}),
         stores={"login_rate_limit": FailOpenRedisStore(redis, namespace=f"{prefix}:login-rate-limit")},
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),

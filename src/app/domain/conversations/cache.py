@@ -218,6 +218,14 @@ class PageCache:
             del self._flights[key]
 
     # -- reads --------------------------------------------------------------------------------
+    @property
+    def memory_live(self) -> bool:
+        return self._memory_live
+
+    def peek(self, scope: str, variant: str) -> bytes | None:
+        """The page if this process holds it in memory (and may use it); never loads."""
+        return self.memory.get(self.keys.page_key(scope, variant)) if self._memory_live else None
+
     async def get_or_load(self, scope: str, variant: str, load: Loader) -> bytes:
         key = self.keys.page_key(scope, variant)
         if self._memory_live:

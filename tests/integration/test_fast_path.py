@@ -1,0 +1,173 @@
+"""The ASGI fast path answers repeat reads of in-memory pages exactly as Litestar would, and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import jwt
+import pytest
+from litestar import Litestar
+from litestar.security.jwt import Token
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.config import Settings
+from app.domain.accounts.auth import VerifiedTokens, agent_from_token
+from app.server.core import create_asgi
+from app.server.fastpath import CachedPageFastPath
+from tests.events import text_message
+from tests.factories import Tenant, create_tenant
+from tests.integration.test_read_api import ingest, login
+from tests.webhooks import fixture_for, post_webhook, with_message_id
+
+Client = AsyncTestClient[Litestar]
+INBOX = "/api/whatsapp-optimized/conversations"
+
+
+@pytest.fixture
+async def fast(settings: Settings) -> AsyncIterator[tuple[Client, CachedPageFastPath]]:
+    asgi = create_asgi(settings)
+    async with AsyncTestClient(app=asgi) as client:  # type: ignore[arg-type]
+        deadline = asyncio.get_running_loop().time() + 10
+        while not asgi.cache.memory_live:  # the hub's subscription makes the memory layer usable
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        yield client, asgi
+
+
+async def chat(engine: AsyncEngine, session: AsyncSession) -> tuple[Tenant, str]:
+    tenant = await create_tenant(session)
+    await ingest(engine, tenant, [text_message("5511966660000", "hello fast path")])
+    return tenant, ""
+
+
+def relevant(headers: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if name not in {"date", "server"}}
+
+
+async def test_a_repeat_read_is_answered_by_the_fast_path_exactly_as_litestar_answers(
+    fast: tuple[Client, CachedPageFastPath], engine: AsyncEngine, session: AsyncSession
+):
+    client, asgi = fast
+    tenant, _ = await chat(engine, session)
+    auth = await login(client, tenant.agent.email)
+    conversation_id = (await client.get(INBOX, headers=auth)).json()["items"][0]["id"]
+    history = f"/api/whatsapp-optimized/messages/{conversation_id}"
+    variants = [
+        {},
+        {"Origin": "http://localhost:5173"},  # the frontend's origin (allowed)
+        {"Origin": "https://evil.example"},  # not allowed: no Access-Control-Allow-Origin
+        {"Origin": "http://localhost:5173", "Cookie": "a=b"},
+    ]
+    for path in (history, f"{history}?limit=20", INBOX, f"{INBOX}?limit=7"):
+        for extra in variants:
+            headers = {**auth, **extra}
+            asgi.cache.memory.clear()
+            before = asgi.served
+            by_litestar = await client.get(path, headers=headers)  # a miss: Litestar answers, and caches
+            assert asgi.served == before
+            by_fast_path = await client.get(path, headers=headers)
+            assert asgi.served == before + 1, (path, extra)
+            assert by_fast_path.status_code == by_litestar.status_code == 200
+            assert by_fast_path.content == by_litestar.content
+            assert relevant(dict(by_fast_path.headers)) == relevant(dict(by_litestar.headers)), (path, extra)
+
+
+async def test_everything_else_goes_to_litestar(
+    fast: tuple[Client, CachedPageFastPath], engine: AsyncEngine, session: AsyncSession, settings: Settings
+):
+    client, asgi = fast
+    tenant, _ = await chat(engine, session)
+    other, _ = await chat(engine, session)
+    auth = await login(client, tenant.agent.email)
+    conversation_id = (await client.get(INBOX, headers=auth)).json()["items"][0]["id"]
+    history = f"/api/whatsapp-optimized/messages/{conversation_id}"
+    assert (await client.get(history, headers=auth)).status_code == 200
+    served = asgi.served
+
+    forged = jwt.encode(
+        {"sub": "x", "exp": datetime.now(UTC) + timedelta(minutes=5)},
+        "not-the-secret-but-long-enough-for-hs256",
+    )
+    expired = jwt.encode(
+        {
+            "sub": str(tenant.agent.id),
+            "org_id": str(tenant.org_id),
+            "role": "agent",
+            "exp": datetime.now(UTC) - timedelta(seconds=1),
+        },
+        settings.auth.jwt_secret,
+    )
+    cases = [
+        (history, {}, 401),
+        (history, {"Authorization": f"Bearer {forged}"}, 401),
+        (history, {"Authorization": f"Bearer {expired}"}, 401),
+        (history, await login(client, other.agent.email), 404),  # another org's conversation
+        (f"{history}?limit=0", auth, 400),
+        (f"{history}?limit=101", auth, 400),
+        (f"{history}?before_seq=2", auth, 200),
+        (f"{history}?limit=50&after_seq=0", auth, 200),
+        (f"{INBOX}?unread=true", auth, 200),
+        # any spelling of the id but the canonical one is Litestar's to judge
+        (f"/api/whatsapp-optimized/messages/{conversation_id.replace('-', '')}", auth, 200),
+    ]
+    for path, headers, status in cases:
+        response = await client.get(path, headers=headers)
+        assert response.status_code == status, (path, response.text)
+        assert asgi.served == served, path  # answered by Litestar, not the fast path
+
+
+async def test_a_write_makes_the_fast_path_step_aside(
+    fast: tuple[Client, CachedPageFastPath], engine: AsyncEngine, session: AsyncSession
+):
+    client, asgi = fast
+    tenant = await create_tenant(session)
+    instance = tenant.instance("evolution")
+    first = with_message_id(
+        "evolution", fixture_for("evolution", "v1_messages_upsert_text", instance), "FASTPATH01", text="one"
+    )
+    assert (await post_webhook(client, "evolution", instance, first)).status_code == 200
+    auth = await login(client, tenant.agent.email)
+    conversation_id = (await client.get(INBOX, headers=auth)).json()["items"][0]["id"]
+    history = f"/api/whatsapp-optimized/messages/{conversation_id}"
+    await client.get(history, headers=auth)
+    await client.get(history, headers=auth)
+    served = asgi.served
+
+    second = with_message_id(
+        "evolution", fixture_for("evolution", "v1_messages_upsert_text", instance), "FASTPATH02", text="two"
+    )
+    assert (await post_webhook(client, "evolution", instance, second)).status_code == 200
+    page = (await client.get(history, headers=auth)).json()
+    assert [m["body"] for m in page["items"]] == ["one", "two"]
+    assert asgi.served == served  # the stale page was gone: Litestar answered and cached the new one
+    assert (await client.get(history, headers=auth)).json() == page
+    assert asgi.served == served + 1
+
+
+def test_verified_tokens_forget_expired_tokens_and_stay_bounded(settings: Settings) -> None:
+    now = [time.time()]
+    tokens = VerifiedTokens(max_entries=2, clock=lambda: now[0])
+
+    def token(sub: str, expires_in: float) -> Token:
+        return Token(
+            sub=sub,
+            exp=datetime.fromtimestamp(now[0] + expires_in, tz=UTC),
+            extras={"org_id": str(UUID(int=1)), "role": "agent"},
+        )
+
+    short, long_ = token(str(UUID(int=2)), 10), token(str(UUID(int=3)), 100)
+    tokens.add("short", short, agent_from_token(short))
+    tokens.add("long", long_, agent_from_token(long_))
+    assert tokens.get("short") is not None
+    now[0] += 10
+    assert tokens.get("short") is None  # expired exactly at exp
+    assert tokens.get("long") is not None
+    third = token(str(UUID(int=4)), 100)
+    tokens.add("a", third, agent_from_token(third))
+    tokens.add("b", third, agent_from_token(third))
+    assert tokens.get("long") is None  # the oldest went when the bound was passed
