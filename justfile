@@ -32,6 +32,10 @@ serve: install
 worker: install
     {{embedded}} -- uv run arq app.workers.WorkerSettings
 
+# Run only the media worker (downloads and processing, on a queue of its own)
+worker-media: install
+    {{embedded}} -- uv run arq app.workers.MediaWorkerSettings
+
 # Exit 0 if a worker reported its health check within the last interval (for probes)
 worker-check: install
     {{embedded}} -- uv run arq app.workers.WorkerSettings --check

@@ -23,6 +23,7 @@ from app.config import (
     AppSettings,
     AuthSettings,
     DatabaseSettings,
+    MediaSettings,
     RedisSettings,
     Settings,
 )
@@ -53,8 +54,15 @@ def redis_url(service_urls: tuple[str, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str) -> Settings:
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this run's processed media is stored (the API serves it from here)."""
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str, media_dir: Path) -> Settings:
     return Settings(
+        media=MediaSettings(storage_url=media_dir.resolve().as_uri()),
         app=AppSettings(
             environment="test", log_level=os.environ.get("TEST_LOG_LEVEL", "WARNING"), log_json=True
         ),

@@ -105,6 +105,17 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class MediaSettings:
+    # Where processed media lives: file:///abs/dir, s3://bucket/prefix (S3-compatible, e.g. Supabase
+    # Storage; credentials from the AWS_* environment), or memory:// in tests. Default: ./var/media.
+    storage_url: str = ""
+    max_bytes: int = 100 * 1024 * 1024  # WhatsApp's own limit for documents
+    thumbnail_px: int = 320
+    max_attempts: int = 5  # per media, for transient gateway errors
+    concurrency: int = 4  # media jobs one worker runs at once (its own queue: they never delay sends)
+
+
+@dataclass(frozen=True)
 class AppSettings:
     environment: str = "dev"
     public_base_url: str = "http://127.0.0.1:3001"
@@ -124,6 +135,7 @@ class Settings:
     auth: AuthSettings
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -160,6 +172,11 @@ class Settings:
                 warm_conversations=_env_int("CACHE_WARM_CONVERSATIONS", CacheSettings.warm_conversations),
                 idle_after_s=_env_int("CACHE_IDLE_SECONDS", CacheSettings.idle_after_s),
                 redis_max_keys=_env_int("CACHE_REDIS_MAX_KEYS", CacheSettings.redis_max_keys),
+            ),
+            media=MediaSettings(
+                storage_url=_env("MEDIA_STORAGE_URL") or (Path("var/media").resolve().as_uri()),
+                max_bytes=_env_int("MEDIA_MAX_BYTES", MediaSettings.max_bytes),
+                concurrency=_env_int("MEDIA_CONCURRENCY", MediaSettings.concurrency),
             ),
             app=AppSettings(
                 environment=environment,

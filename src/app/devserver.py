@@ -63,6 +63,8 @@ def _serve() -> None:
 
     with dev_services(Path(os.environ.get("DEV_STATE_DIR", DEFAULT_STATE_DIR)), ephemeral=False) as urls:
         env = {**os.environ, "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url}
+        state_dir = Path(os.environ.get("DEV_STATE_DIR", DEFAULT_STATE_DIR))
+        env.setdefault("MEDIA_STORAGE_URL", (state_dir / "media").resolve().as_uri())
         print("\n".join(describe(urls)), flush=True)
         _migrate(env)
         print(f"API: http://{host}:{port}", flush=True)
@@ -71,6 +73,7 @@ def _serve() -> None:
         try:
             children["api"] = _spawn(["app.server.run"], {**env, "HOST": host, "PORT": port})
             children["arq"] = _spawn(["arq", "app.workers.WorkerSettings"], env)
+            children["arq-media"] = _spawn(["arq", "app.workers.MediaWorkerSettings"], env)
             while not stopping and all(child.poll() is None for child in children.values()):
                 time.sleep(0.1)
             crashed = {name: child.returncode for name, child in children.items() if child.poll() is not None}

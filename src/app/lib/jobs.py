@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
+from uuid import UUID
 
 import msgspec
 import structlog
@@ -31,6 +32,16 @@ def queue_name(key_prefix: str) -> str:
     return f"{key_prefix}:queue"
 
 
+def media_queue_name(key_prefix: str) -> str:
+    """Media jobs have a queue (and worker) of their own: a slow download never delays a send."""
+    return f"{key_prefix}:media"
+
+
+def media_job_id(media_id: UUID) -> str:
+    """One process_media job per media while it or its result lives in Redis (the row decides the rest)."""
+    return f"process_media:{media_id}"
+
+
 def serialize_job(data: dict[str, Any]) -> bytes:
     return msgspec.msgpack.encode(data)
 
@@ -41,10 +52,11 @@ def deserialize_job(data: bytes) -> dict[str, Any]:
 
 
 class JobQueue:
-    def __init__(self, redis_url: str, queue_name: str) -> None:
+    def __init__(self, redis_url: str, key_prefix: str) -> None:
         self._settings = RedisSettings.from_dsn(redis_url)
         self._settings.conn_retries = 0  # fail fast; the sweep is the retry
-        self.queue_name = queue_name
+        self.queue_name = queue_name(key_prefix)
+        self.media_queue_name = media_queue_name(key_prefix)
         self._pool: ArqRedis | None = None
 
     async def _open(self) -> ArqRedis:
@@ -65,12 +77,12 @@ class JobQueue:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("job queue not connected at startup", error=type(exc).__name__)
 
-    async def enqueue(self, function: str, *args: Any, job_id: str) -> bool:
+    async def enqueue(self, function: str, *args: Any, job_id: str, queue: str | None = None) -> bool:
         """Enqueue once per job_id (arq dedupes while the job or its result lives); False if Redis is down."""
         try:
             async with asyncio.timeout(_ENQUEUE_TIMEOUT_S):
                 pool = await self._open()
-                await pool.enqueue_job(function, *args, _job_id=job_id)
+                await pool.enqueue_job(function, *args, _job_id=job_id, _queue_name=queue or self.queue_name)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("job not enqueued; the sweep will pick it up", job=function, error=type(exc).__name__)
             await self.close()

@@ -29,6 +29,8 @@ from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
 from app.domain.conversations.reads import PageReader
 from app.domain.gateways.controllers import WebhookController
+from app.domain.media.controllers import MediaController
+from app.domain.media.storage import MediaStorage
 from app.domain.realtime.controllers import realtime_socket, websocket_info
 from app.domain.realtime.history import History
 from app.domain.realtime.hub import Hub
@@ -37,7 +39,7 @@ from app.domain.stats.controllers import StatsController
 from app.domain.stats.health import HealthController
 from app.lib.dbstats import count_queries
 from app.lib.errors import problem_details_config, server_error_handlers
-from app.lib.jobs import ArqPlugin, JobQueue, queue_name
+from app.lib.jobs import ArqPlugin, JobQueue
 from app.lib.logging import structlog_plugin
 from app.lib.redaction import redact_server_logs
 from app.lib.stores import FailOpenRedisStore
@@ -93,8 +95,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     count_queries(database.get_engine())
     page_cache = PageCache(redis, CacheKeys(prefix), settings.cache)
     pages = PageReader(page_cache, sessions)
+    media_storage = MediaStorage.from_url(settings.media.storage_url)
     publisher = EventPublisher(redis, prefix, page_cache)
-    jobs = JobQueue(settings.redis.url, queue_name(prefix))
+    jobs = JobQueue(settings.redis.url, prefix)
     hub = Hub(settings.redis.url, prefix, History(sessions), settings.realtime, cache=page_cache)
 
     @asynccontextmanager
@@ -124,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ConversationController,
             HealthController,
             StatsController,
+            MediaController,
             webhooks,
             realtime_socket,
             websocket_info,
@@ -136,6 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "redis": Provide(lambda: redis, use_cache=True, sync_to_thread=False),
             "publisher": Provide(lambda: publisher, use_cache=True, sync_to_thread=False),
             "pages": Provide(lambda: pages, use_cache=True, sync_to_thread=False),
+            "media_storage": Provide(lambda: media_storage, use_cache=True, sync_to_thread=False),
             "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
         },
         plugins=[

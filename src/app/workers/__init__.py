@@ -1,4 +1,4 @@
-"""Background jobs. `arq app.workers.WorkerSettings` runs them.
+"""Background jobs. `arq app.workers.WorkerSettings` and `arq app.workers.MediaWorkerSettings` run them.
 
 WorkerSettings is loaded on first access: it reads the environment's settings, and API code importing
 small helpers from this package (e.g. job ids) must not need a worker's configuration.
@@ -10,8 +10,8 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    if name == "WorkerSettings":
-        from app.workers.settings import WorkerSettings
+    if name in {"WorkerSettings", "MediaWorkerSettings"}:
+        from app.workers import settings
 
-        return WorkerSettings
+        return getattr(settings, name)
     raise AttributeError(name)

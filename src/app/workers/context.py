@@ -14,12 +14,23 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from app.config import get_settings
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.reads import PageReader
+from app.domain.media.storage import MediaStorage
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.jobs import queue_name
 from app.lib.logging import configure_logging
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    await _common(ctx)
+    settings = ctx["settings"]
+    # Warm at start too, not only on the cron; the job id makes workers starting together warm once.
+    # arq's job ids are global to the Redis: they carry the queue so deployments sharing one stay apart.
+    queue = queue_name(settings.redis.key_prefix)
+    started = int(time.time()) // 60
+    await ctx["redis"].enqueue_job("warm_cache", _job_id=f"{queue}:warm_cache:{started}", _queue_name=queue)
+
+
+async def _common(ctx: dict[str, Any]) -> None:
     settings = get_settings()
     configure_logging(settings.app.log_level, settings.app.log_json)
     engine = create_async_engine(settings.db.url, pool_size=5, max_overflow=5, hide_parameters=True)
@@ -32,14 +43,15 @@ async def startup(ctx: dict[str, Any]) -> None:
     cache = PageCache(redis, CacheKeys(settings.redis.key_prefix), settings.cache)
     ctx["publisher"] = EventPublisher(redis, settings.redis.key_prefix, cache)
     ctx["pages"] = PageReader(cache, ctx["sessionmaker"])
-    # Warm at start too, not only on the cron; the job id makes workers starting together warm once.
-    # arq's job ids are global to the Redis: they carry the queue so deployments sharing one stay apart.
-    queue = queue_name(settings.redis.key_prefix)
-    started = int(time.time()) // 60
-    await ctx["redis"].enqueue_job("warm_cache", _job_id=f"{queue}:warm_cache:{started}", _queue_name=queue)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     await ctx["http"].aclose()
     await ctx["publisher_redis"].aclose()
     await ctx["engine"].dispose()
+
+
+async def startup_media(ctx: dict[str, Any]) -> None:
+    """The media worker: the same context, plus the storage processed media goes to (no cache warming)."""
+    await _common(ctx)
+    ctx["media_storage"] = MediaStorage.from_url(ctx["settings"].media.storage_url)

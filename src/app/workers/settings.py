@@ -1,4 +1,10 @@
-"""`arq app.workers.WorkerSettings`: the background worker (`--check` asks for its last health check)."""
+"""The background workers (`--check` asks for a worker's last health check):
+
+`arq app.workers.WorkerSettings` — sends, cache upkeep, maintenance: short jobs.
+`arq app.workers.MediaWorkerSettings` — media downloads and processing on a queue of their own, so a slow
+gateway or a large video never delays a send (and arq's wait for the longest timeout after a crash, arq #402,
+only holds back media).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,11 @@ from arq import cron, func
 from arq.connections import RedisSettings
 
 from app.config import get_settings
-from app.lib.jobs import deserialize_job, queue_name, serialize_job
+from app.lib.jobs import deserialize_job, media_queue_name, queue_name, serialize_job
 from app.workers.cache import expire_cache, warm_cache
-from app.workers.context import shutdown, startup
+from app.workers.context import shutdown, startup, startup_media
 from app.workers.conversations import reconcile_conversation
+from app.workers.media import process_media, sweep_pending_media
 from app.workers.sending import send_message, sweep_pending_outbound
 
 
@@ -37,6 +44,21 @@ class WorkerSettings:
         ),
     ]
     on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(get_settings().redis.url)
+    health_check_interval = 30
+    job_serializer = serialize_job
+    job_deserializer = deserialize_job
+
+
+class MediaWorkerSettings:
+    functions: ClassVar[list[Any]] = [func(process_media, timeout=120, max_tries=8)]
+    queue_name = media_queue_name(get_settings().redis.key_prefix)
+    cron_jobs: ClassVar[list[Any]] = [
+        cron(sweep_pending_media, name=f"cron:{queue_name}:sweep", second=20, timeout=60),
+    ]
+    max_jobs = get_settings().media.concurrency
+    on_startup = startup_media
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(get_settings().redis.url)
     health_check_interval = 30

@@ -32,12 +32,24 @@ class ConversationPage(Schema):
     next_cursor: str | None  # pass as ?cursor= for the next (older) page; null on the last page
 
 
+MEDIA_PATH = "/api/whatsapp-optimized/media"
+
+
+def media_url(media_id: UUID) -> str:
+    return f"{MEDIA_PATH}/{media_id}"
+
+
 class MediaOut(Schema):
     id: UUID
-    state: str
-    mime_type: str | None
+    state: str  # pending → ready | failed
+    mime_type: str | None  # the detected type once ready; until then what the gateway declared
     size_bytes: int | None
     filename: str | None
+    url: str  # GET it: 200 with the file when ready, 202 while pending, 410 if it failed
+    thumbnail_url: str | None = None  # images, once ready (WebP, longest side 320 px)
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None  # why it failed
 
 
 class MessageOut(Schema):

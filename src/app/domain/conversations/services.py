@@ -9,7 +9,7 @@ from uuid import UUID
 from sqlalchemy import Row, Select, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Contact, Conversation, ConversationStatus, Media, Message
+from app.db.models import Contact, Conversation, ConversationStatus, Media, MediaState, Message
 from app.domain.conversations.schemas import (
     ContactOut,
     ConversationOut,
@@ -18,6 +18,7 @@ from app.domain.conversations.schemas import (
     MessageOut,
     MessagePage,
     ReadMarker,
+    media_url,
 )
 from app.domain.realtime.events import conversation_envelope
 from app.domain.realtime.publisher import EventPublisher
@@ -47,6 +48,22 @@ def _conversation_out(row: Row) -> ConversationOut:
     )
 
 
+def media_out(media: Media) -> MediaOut:
+    ready = media.state is MediaState.READY
+    return MediaOut(
+        id=media.id,
+        state=media.state.value,
+        mime_type=media.content_type or media.mime_type,
+        size_bytes=media.size_bytes,
+        filename=media.filename,
+        url=media_url(media.id),
+        thumbnail_url=f"{media_url(media.id)}/thumbnail" if ready and media.has_thumbnail else None,
+        width=media.width,
+        height=media.height,
+        error=media.error if media.state is MediaState.FAILED else None,
+    )
+
+
 def message_out(message: Message, media: Media | None) -> MessageOut:
     return MessageOut(
         id=message.id,
@@ -59,15 +76,7 @@ def message_out(message: Message, media: Media | None) -> MessageOut:
         status=message.status.value,
         sent_at=message.sent_at,
         received_at=message.received_at,
-        media=None
-        if media is None
-        else MediaOut(
-            id=media.id,
-            state=media.state.value,
-            mime_type=media.mime_type,
-            size_bytes=media.size_bytes,
-            filename=media.filename,
-        ),
+        media=None if media is None else media_out(media),
     )
 
 

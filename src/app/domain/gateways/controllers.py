@@ -12,6 +12,7 @@ from app.domain.gateways.service import WebhookService
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
+from app.lib.jobs import JobQueue
 
 
 class WebhookController(Controller):
@@ -28,11 +29,12 @@ class WebhookController(Controller):
         instance: FromPath[str],
         db_session: DbSession,
         publisher: NamedDependency[EventPublisher],
+        jobs: NamedDependency[JobQueue],
     ) -> WebhookAck:
         webhook = WebhookRequest(
             body=await request.body(), headers=request.headers, query=dict(request.query_params)
         )
-        result = await WebhookService(db_session, publisher).receive(gateway, instance, webhook)
+        result = await WebhookService(db_session, publisher, jobs).receive(gateway, instance, webhook)
         return WebhookAck(
             status="ok",
             created=len(result.created),

@@ -15,6 +15,7 @@ from app.domain.gateways.registry import get_adapter
 from app.domain.realtime.events import envelopes_for_ingest
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.errors import problem
+from app.lib.jobs import JobQueue, media_job_id
 
 log = structlog.get_logger()
 
@@ -42,9 +43,12 @@ def _reject_foreign_accounts(instance: ReceivingInstance, events: list[GatewayEv
 
 
 class WebhookService:
-    def __init__(self, session: AsyncSession, publisher: EventPublisher | None = None) -> None:
+    def __init__(
+        self, session: AsyncSession, publisher: EventPublisher | None = None, jobs: JobQueue | None = None
+    ) -> None:
         self.session = session
         self.publisher = publisher
+        self.jobs = jobs
 
     async def find_instance(self, gateway: str, instance_name: str) -> ReceivingInstance:
         try:
@@ -84,6 +88,17 @@ class WebhookService:
                 if self.publisher
                 else False
             )
+            # Media is fetched and processed by the media worker, never here (design card); a job that could
+            # not be enqueued is found by the worker's sweep of pending media.
+            if self.jobs is not None:
+                for stored in result.created:
+                    if stored.media_id is not None:
+                        await self.jobs.enqueue(
+                            "process_media",
+                            str(stored.media_id),
+                            job_id=media_job_id(stored.media_id),
+                            queue=self.jobs.media_queue_name,
+                        )
             log.info(
                 "webhook committed",
                 gateway=gateway,

@@ -13,7 +13,7 @@ from uuid import UUID
 import msgspec
 
 from app.domain.conversations.ingest import AppliedStatus, ConversationSummary, IngestResult, StoredMessage
-from app.domain.conversations.schemas import ContactOut, ConversationOut, MediaOut, MessageOut
+from app.domain.conversations.schemas import ContactOut, ConversationOut, MediaOut, MessageOut, media_url
 from app.domain.realtime.frames import (
     ConversationUpdated,
     MessageCreated,
@@ -106,6 +106,7 @@ def message_out_of(stored: StoredMessage) -> MessageOut:
             mime_type=stored.media_mime_type,
             size_bytes=None,
             filename=None,
+            url=media_url(stored.media_id),
         ),
     )
 
