@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from app.domain.gateways import media as media_module
 from app.domain.gateways.media import FetchedMedia, FetchFailed, FetchTarget, fetch_media
 from tests.fake_gateway import FakeGateway, Reply, garbage, hang, status
 
@@ -519,6 +520,24 @@ async def test_redirect_to_cloud_metadata_is_refused(
     failed = await failure(http, "evolution", raw.base_url)
     assert not failed.retryable and "link-local" in failed.reason
     assert len(raw.requests) == 1
+
+
+async def test_credentials_stay_on_their_origin(
+    raw: RawServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A foreign origin has to be public https, which no local server is: the destination check is relaxed
+    # here so that only the header handling is under test.
+    async def allow_all(url: httpx.URL, **_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(media_module, "check_destination", allow_all)
+    async with FakeGateway() as other:
+        other.respond(r".*", status(200, {"base64": B64, "mimetype": "image/jpeg"}))
+        raw.on(PATHS["wppconnect"], redirect(f"{other.base_url}/file"))
+        assert (await fetch(http, "wppconnect", raw.base_url)).data == DATA
+        [request] = other.requests
+        assert "authorization" not in request.headers and TOKEN not in str(request.headers)
+    assert_authorised("wppconnect", raw.requests[0].headers)
 
 
 async def test_too_many_redirects(raw: RawServer, http: httpx.AsyncClient) -> None:

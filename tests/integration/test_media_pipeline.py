@@ -12,24 +12,29 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
+from arq import Retry
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from PIL import Image
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db.models import Media, MediaState, Message
+from app.db.models import Media, MediaState, Message, WhatsAppInstance
 from app.domain.conversations.cache import CacheKeys, PageCache
+from app.domain.conversations.ingest import IngestService
 from app.domain.media import processing
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.media import process_media
+from tests.events import image_message
 from tests.factories import Tenant, create_tenant
+from tests.fake_gateway import FakeGateway, status
 from tests.integration.test_read_api import login
 from tests.process_rig import ROOT, env_for
 from tests.webhooks import fixture_for, post_webhook
@@ -231,3 +236,52 @@ async def test_request_handlers_never_process_media(
         timeout=60,
     )
     assert result.stdout.split() == ["False", "False"]
+
+
+async def downloadable_image(
+    session: AsyncSession, engine: AsyncEngine, gateway_url: str
+) -> tuple[Tenant, UUID]:
+    """A WPPConnect image message whose file is not inline: the worker must fetch it from the gateway."""
+    tenant = await create_tenant(session)
+    instance = tenant.instance("wppconnect")
+    await session.execute(
+        update(WhatsAppInstance)
+        .where(WhatsAppInstance.id == instance.id)
+        .values(api_base_url=gateway_url, api_token="gateway-token")
+    )
+    await session.commit()
+    async with async_sessionmaker(engine, expire_on_commit=False)() as writer:
+        result = await IngestService(writer).apply(
+            org_id=tenant.org_id, instance_id=instance.id, events=[image_message()]
+        )
+        await writer.commit()
+    media_id = result.created[0].media_id
+    assert media_id is not None
+    return tenant, media_id
+
+
+async def test_a_file_not_inline_is_downloaded_retried_when_transient_and_failed_when_final(
+    session: AsyncSession, engine: AsyncEngine, worker_ctx: dict[str, Any]
+):
+    image = jpeg(color=(1, 2, 3))
+    body = {"base64": base64.b64encode(image).decode(), "mimetype": "image/jpeg"}
+    async with FakeGateway() as gateway:
+        gateway.respond(r"/get-media-by-message/", status(503, {"message": "phone offline"}))
+        tenant, media_id = await downloadable_image(session, engine, gateway.base_url)
+        with pytest.raises(Retry):  # transient: the claim is released and arq retries later
+            await process_media(worker_ctx, str(media_id))
+        [media] = await media_of(session, tenant)
+        assert (media.state, media.attempts, media.processing_since) == (MediaState.PENDING, 1, None)
+
+        gateway.respond(r"/get-media-by-message/", status(200, body))
+        assert await process_media(worker_ctx, str(media_id)) == "ready"
+        [media] = await media_of(session, tenant)
+        assert (media.state, media.attempts, media.processings) == (MediaState.READY, 2, 1)
+        assert media.content_sha256 == processing.sha256_hex(image)
+
+        gateway.respond(r"/get-media-by-message/", status(404, {"message": "not found"}))
+        tenant, missing = await downloadable_image(session, engine, gateway.base_url)
+        assert await process_media(worker_ctx, str(missing)) == "failed"  # final: no retry loop
+        [media] = await media_of(session, tenant)
+        assert media.state is MediaState.FAILED and media.error
+        assert "gateway-token" not in media.error

@@ -326,7 +326,7 @@ class GatewayHttp:
             headers = {"accept": accept, "accept-encoding": "identity"}
             if content is not None:
                 headers["content-type"] = "application/json"
-            if origin_of(url) == auth_origin:
+            if True:
                 headers.update(auth)
             try:
                 async with self._http.stream(
@@ -454,7 +454,7 @@ def decode_base64_file(value: str | None, *, max_bytes: int, gateway: str) -> tu
     if len(text) * 3 // 4 - text[-2:].count("=") > max_bytes:
         raise FetchFailed(_too_large(max_bytes), retryable=False)
     try:
-        data = base64.b64decode(text, validate=False)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise FetchFailed(f"{gateway} answer has invalid base64 file data", retryable=False) from None
     if not data:
