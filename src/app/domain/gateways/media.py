@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ _SMALL_ANSWER_LIMIT = 256 * 1024
 _ERROR_BODY_LIMIT = 16 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_REDACTED = "[redacted]"
 
 Origin = tuple[str, str, int]  # scheme, host (lower case), port
 
@@ -124,6 +126,20 @@ async def fetch_media(
         raise FetchFailed(
             f"{target.gateway} did not deliver the file within {timeout:g}s", retryable=True
         ) from None
+    except FetchFailed as exc:
+        # The last guard on the no-secrets rule, whatever path the reason took: a gateway may echo the
+        # token anywhere, even into a redirect's host name (which URL parsing lower-cases).
+        reason = _without_secret(exc.reason, target.api_token)
+        if reason == exc.reason:
+            raise
+        raise FetchFailed(reason, retryable=exc.retryable, status_code=exc.status_code) from None
+
+
+def _without_secret(reason: str, secret: str | None) -> str:
+    secret = (secret or "").strip()
+    if secret:
+        reason = re.sub(re.escape(secret), _REDACTED, reason, flags=re.IGNORECASE)
+    return redact(reason, None)  # length cap
 
 
 def require(value: str | None, what: str, target: FetchTarget) -> str:
@@ -205,7 +221,7 @@ def _check_address(
     kind = _forbidden_kind(ip)
     if kind is not None:
         shown = host if host == str(ip) else f"{host} ({ip})"
-        raise FetchFailed(f"{gateway} {what} refused: {shown} is a {kind} address", retryable=False)
+        raise FetchFailed(f"{gateway} {what} refused: {shown} is not public ({kind})", retryable=False)
 
 
 def _forbidden_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -326,7 +342,7 @@ class GatewayHttp:
             headers = {"accept": accept, "accept-encoding": "identity"}
             if content is not None:
                 headers["content-type"] = "application/json"
-            if True:
+            if origin_of(url) == auth_origin:
                 headers.update(auth)
             try:
                 async with self._http.stream(
