@@ -5,14 +5,9 @@ bytes. Failures are FetchFailed, split like SendFailed into retryable (timeouts,
 the same request may well work later) and final (4xx, missing credentials, an answer we cannot read, a file
 over the size limit, a destination we refuse). No reason ever contains the instance's token.
 
-Where requests may go. The instance's configured base URL is trusted as it stands (self-hosted gateways and
-tests live on private addresses on purpose; an admin typed it in). Anything else — a redirect to another
-origin, the Cloud API media URL when it is not on the configured origin — must be https and its host must
-resolve only to public addresses: no loopback, private, link-local (cloud metadata at 169.254.169.254),
-multicast, reserved or unspecified ones. Redirects are never followed by httpx; at most MAX_REDIRECTS are
-followed here, each target checked by the same rule, and credentials go only to the origin they were meant
-for. Requiring https for foreign hosts also defeats DNS rebinding between our check and httpx's own lookup:
-an internal service reached that way cannot present a certificate for the attacker's host name.
+Where requests may go is `destinations.py`'s call: the configured gateway origin, or https to public
+addresses. Redirects are never followed by httpx; at most MAX_REDIRECTS are followed here, each target
+checked, and credentials go only to the origin they were meant for.
 
 Sizes. Bodies are streamed and abandoned as soon as they pass the limit (a Content-Length above it is refused
 before reading); base64 answers are held to the encoded size of `max_bytes` and decoded only once their
@@ -24,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import ipaddress
 import re
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -35,6 +28,12 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
+from app.domain.gateways.destinations import (
+    HTTP_SCHEMES,
+    RefusedDestination,
+    check_destination,
+    origin_of,
+)
 from app.domain.gateways.sending import ErrorReader, GatewayError, redact
 
 T = TypeVar("T")
@@ -47,11 +46,7 @@ _JSON_OVERHEAD = 64 * 1024
 _SMALL_ANSWER_LIMIT = 256 * 1024
 # Of an error answer only the start is read: enough for the gateway's message.
 _ERROR_BODY_LIMIT = 16 * 1024
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _REDACTED = "[redacted]"
-
-Origin = tuple[str, str, int]  # scheme, host (lower case), port
 
 
 @dataclass(frozen=True)
@@ -155,98 +150,13 @@ def require_url(value: str | None, target: FetchTarget) -> str:
     """The gateway's base URL, without trailing slash; a malformed one is as final as a missing one."""
     url = require(value, "API base URL", target).rstrip("/")
     parts = urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+    if parts.scheme not in HTTP_SCHEMES or not parts.hostname:
         raise FetchFailed(
             f"{target.gateway} instance {target.instance_name!r} has no valid API base URL configured "
             "(http:// or https:// expected)",
             retryable=False,
         )
     return url
-
-
-def origin_of(url: httpx.URL | str) -> Origin:
-    url = httpx.URL(url) if isinstance(url, str) else url
-    return url.scheme, url.host.lower(), url.port or _DEFAULT_PORTS.get(url.scheme, 0)
-
-
-# --- where requests may go -------------------------------------------------------------------------------
-
-
-async def check_destination(url: httpx.URL, *, trusted: frozenset[Origin], gateway: str, what: str) -> None:
-    """Refuse (finally) a URL outside the trusted origins unless it is https to public addresses only."""
-    host = url.host
-    if url.scheme not in _DEFAULT_PORTS or not host:
-        raise FetchFailed(f"{gateway} {what} refused: not an http(s) URL", retryable=False)
-    if origin_of(url) in trusted:
-        return
-    literal = _ip_literal(host)
-    if literal is not None:
-        _check_address(literal, host, gateway=gateway, what=what)
-    if url.scheme != "https":
-        raise FetchFailed(
-            f"{gateway} {what} refused: plain http to {host}, which is not the configured gateway",
-            retryable=False,
-        )
-    if literal is not None:
-        return
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, url.port or _DEFAULT_PORTS["https"], type=socket.SOCK_STREAM
-        )
-    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise FetchFailed(f"{gateway} {what}: cannot resolve {host} ({detail})", retryable=True) from None
-    if not infos:
-        raise FetchFailed(f"{gateway} {what}: cannot resolve {host}", retryable=True)
-    for *_, sockaddr in infos:
-        address = sockaddr[0]
-        parsed = _ip_literal(address) if isinstance(address, str) else None
-        if parsed is None:
-            raise FetchFailed(
-                f"{gateway} {what} refused: {host} resolves to an unusable address", retryable=False
-            )
-        _check_address(parsed, host, gateway=gateway, what=what)
-
-
-def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def _check_address(
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str, *, gateway: str, what: str
-) -> None:
-    kind = _forbidden_kind(ip)
-    if kind is not None:
-        shown = host if host == str(ip) else f"{host} ({ip})"
-        raise FetchFailed(f"{gateway} {what} refused: {shown} is not public ({kind})", retryable=False)
-
-
-def _forbidden_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why `ip` must not be contacted, or None for a public unicast address."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        # IPv6 spellings of IPv4 addresses are judged by the IPv4 address they reach.
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
-            inner = _forbidden_kind(embedded)
-            if inner is not None:
-                return inner
-    checks = (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
-    )
-    for kind, matches in checks:
-        if matches:
-            return kind
-    return None if ip.is_global else "non-public"
 
 
 # --- guarded requests ------------------------------------------------------------------------------------
@@ -336,9 +246,16 @@ class GatewayHttp:
         # Credentials belong to the origin they were given for; a redirect elsewhere goes without them.
         auth_origin = origin_of(url)
         for hop in range(MAX_REDIRECTS + 1):
-            await check_destination(
-                url, trusted=self._trusted, gateway=self._gateway, what=what if hop == 0 else "redirect"
-            )
+            try:
+                await check_destination(url, trusted=self._trusted)
+            except RefusedDestination as refused:
+                label = f"{self._gateway} {what if hop == 0 else 'redirect'}"
+                message = (
+                    f"{label} refused: {refused.reason}"
+                    if not refused.retryable
+                    else f"{label}: {refused.reason}"
+                )
+                raise FetchFailed(message, retryable=refused.retryable) from None
             headers = {"accept": accept, "accept-encoding": "identity"}
             if content is not None:
                 headers["content-type"] = "application/json"
