@@ -25,6 +25,7 @@ from uuid import UUID
 import structlog
 from arq import Retry
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import undefer
 
 from app.db.models import Conversation, GatewayKind, Media, MediaState, Message, WhatsAppInstance
 from app.domain.conversations.services import media_out
@@ -101,10 +102,10 @@ async def _claim(ctx: dict[str, Any], media_id: UUID) -> _Claimed | str:
                 .join(Conversation, Conversation.id == Message.conversation_id)
                 .join(WhatsAppInstance, WhatsAppInstance.id == Conversation.instance_id)
                 .where(Media.id == media_id)
+                .options(undefer(Media.inline_base64))
                 .execution_options(populate_existing=True)
             )
         ).one()
-        await session.refresh(row.Media, ["inline_base64"])
         return _Claimed(row.Media, row.WhatsAppInstance, row.conversation_id, row.seq)
 
 

@@ -52,7 +52,9 @@ class WorkerSettings:
 
 
 class MediaWorkerSettings:
-    functions: ClassVar[list[Any]] = [func(process_media, timeout=120, max_tries=8)]
+    # No result kept: arq refuses a job id while its result lives, and the sweep must be able to enqueue
+    # the same media again once a claim's lease has run out.
+    functions: ClassVar[list[Any]] = [func(process_media, timeout=120, max_tries=8, keep_result=0)]
     queue_name = media_queue_name(get_settings().redis.key_prefix)
     cron_jobs: ClassVar[list[Any]] = [
         cron(sweep_pending_media, name=f"cron:{queue_name}:sweep", second=20, timeout=60),
