@@ -134,10 +134,11 @@ async def _bytes_of(ctx: dict[str, Any], claimed: _Claimed, max_bytes: int) -> t
 
 def _decode_inline(inline: str, max_bytes: int) -> bytes:
     payload = inline.split(",", 1)[1] if inline.startswith("data:") else inline
+    payload = "".join(payload.split())  # base64 wrapped in lines (MIME style) is still base64
     if len(payload) // 4 * 3 > max_bytes + 3:
         raise MediaRejected(f"file larger than {max_bytes} bytes")
     try:
-        return base64.b64decode("".join(payload.split()), validate=True)
+        return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise MediaRejected("inline base64 is not valid") from None
 
