@@ -70,7 +70,11 @@ def settings(database_url: str, redis_url: str, media_dir: Path) -> Settings:
         redis=RedisSettings(url=redis_url, key_prefix=f"crm-test-{secrets.token_hex(4)}"),
         # Many logins per minute from one test client: the limit itself has its own test.
         auth=AuthSettings(
-            jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=600, login_attempts_per_minute=10_000
+            jwt_secret=secrets.token_urlsafe(32),
+            token_ttl_seconds=600,
+            login_attempts_per_minute=10_000,
+            # Factory agents are @example.com: their admins see deployment figures (the scoping has a test).
+            deployment_admins=["@example.com"],
         ),
     )
 

@@ -81,6 +81,8 @@ class AuthSettings:
     token_ttl_seconds: int = 8 * 3600
     algorithm: str = "HS256"
     login_attempts_per_minute: int = 10  # per client address, shared by all API processes (Redis)
+    # Emails of the operators who may see deployment-wide figures (every org's); org admins see their own.
+    deployment_admins: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class Settings:
                 login_attempts_per_minute=_env_int(
                     "LOGIN_ATTEMPTS_PER_MINUTE", AuthSettings.login_attempts_per_minute
                 ),
+                deployment_admins=[email.lower() for email in _env_list("DEPLOYMENT_ADMINS", [])],
             ),
         )
 

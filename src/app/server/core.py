@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +39,7 @@ from app.domain.realtime.hub import Hub
 from app.domain.realtime.publisher import EventPublisher
 from app.domain.stats.controllers import StatsController
 from app.domain.stats.health import HealthController
+from app.domain.stats.process import ProcessSnapshots
 from app.lib.dbstats import count_queries
 from app.lib.errors import problem_details_config, server_error_handlers
 from app.lib.jobs import ArqPlugin, JobQueue
@@ -99,15 +102,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
     publisher = EventPublisher(redis, prefix, page_cache)
     jobs = JobQueue(settings.redis.url, prefix)
     hub = Hub(settings.redis.url, prefix, History(sessions), settings.realtime, cache=page_cache)
+    snapshots = ProcessSnapshots(redis, prefix, hub, page_cache)
 
     @asynccontextmanager
     async def realtime_lifespan(_: Litestar) -> AsyncIterator[None]:
         hub.start()
+        publishing = asyncio.create_task(snapshots.run())
         restore_signals = close_sockets_on_sigterm(hub)
         try:
             yield
         finally:
             restore_signals()
+            publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publishing
             await hub.stop()
             await redis.aclose()
 
@@ -142,6 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "pages": Provide(lambda: pages, use_cache=True, sync_to_thread=False),
             "media_storage": Provide(lambda: media_storage, use_cache=True, sync_to_thread=False),
             "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
+            "snapshots": Provide(lambda: snapshots, use_cache=True, sync_to_thread=False),
         },
         plugins=[
             SQLAlchemyPlugin(config=database),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +16,7 @@ from app.domain.gateways.instances import ReceivingInstance, credentials_of, fin
 from app.domain.gateways.registry import get_adapter
 from app.domain.realtime.events import envelopes_for_ingest
 from app.domain.realtime.publisher import EventPublisher
+from app.domain.stats.ingest import INGEST
 from app.lib.errors import problem
 from app.lib.jobs import JobQueue, media_job_id
 
@@ -70,6 +73,7 @@ class WebhookService:
         _reject_foreign_accounts(instance, events)
         org_id, instance_id = instance.org_id, instance.id
         for attempt in range(1, _MAX_ATTEMPTS + 1):
+            started = time.perf_counter()
             try:
                 result = await IngestService(self.session).apply(
                     org_id=org_id, instance_id=instance_id, events=events
@@ -82,6 +86,13 @@ class WebhookService:
                     log.warning("webhook transaction retried", sqlstate=_sqlstate(exc), attempt=attempt)
                     continue
                 raise
+            INGEST.record(
+                gateway,
+                persisted=len(result.created),
+                duplicates=result.duplicates,
+                statuses=len(result.statuses),
+                seconds=time.perf_counter() - started,
+            )
             # After the commit, never inside it (invariant 4); a failed publish is caught up from Postgres.
             published = (
                 await self.publisher.publish(org_id, envelopes_for_ingest(result))

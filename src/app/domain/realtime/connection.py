@@ -123,13 +123,17 @@ class Connection:
         self.closing = (code, reason)
         while not self.queue.empty():
             self.queue.get_nowait()
+        if reason == "slow consumer":
+            self.hub.counters.slow_consumers += 1
         if resync:
+            self.hub.counters.resyncs += 1
             self.queue.put_nowait(encode(Resync(reason=reason)))
         self.queue.put_nowait(None)
 
     async def run_writer(self) -> None:
         while (frame := await self.queue.get()) is not None:
             await self.socket.send_text(frame)
+            self.hub.counters.frames_sent += 1
         code, reason = self.closing or (1000, "")
         await self.socket.close(code=code, reason=reason)
 
@@ -244,6 +248,7 @@ class Connection:
             )
             cursor.pending.clear()
             cursor.busy = False
+            self.hub.counters.resyncs += 1
             self.send_frame(Resync(conversation_id=conversation_id, reason="replay failed"))
             return
         if self.rooms.get(conversation_id) is not cursor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from uuid import UUID
 
 import msgspec
@@ -30,12 +31,29 @@ from redis.exceptions import RedisError
 from app.config import RealtimeSettings
 from app.domain.conversations.cache import PageCache
 from app.domain.realtime.connection import CLOSE_GOING_AWAY, Connection
-from app.domain.realtime.events import Envelope, envelope_decoder, org_channel_pattern, org_of_channel
+from app.domain.realtime.events import (
+    Envelope,
+    EventKind,
+    envelope_decoder,
+    org_channel_pattern,
+    org_of_channel,
+)
 from app.domain.realtime.history import History
 
 log = structlog.get_logger()
 
 _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+@dataclass(slots=True)
+class SocketCounters:
+    """Since this process started (the stats endpoint sums them over processes)."""
+
+    frames_sent: int = 0
+    messages_routed: int = 0  # message.created events that reached this process
+    notifications: int = 0  # sockets those events were handed to
+    resyncs: int = 0
+    slow_consumers: int = 0  # closed because their queue filled
 
 
 class Hub:
@@ -54,6 +72,7 @@ class Hub:
         self.cache = cache
         self._orgs: dict[UUID, set[Connection]] = {}
         self._rooms: dict[UUID, set[Connection]] = {}
+        self.counters = SocketCounters()
         self._check_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -93,6 +112,12 @@ class Hub:
             "organisations": len(self._orgs),
         }
 
+    def counts_by_org(self) -> dict[str, dict[str, int]]:
+        return {
+            str(org_id): {"connections": len(members), "users": len({c.agent.id for c in members})}
+            for org_id, members in self._orgs.items()
+        }
+
     # -- routing --------------------------------------------------------------------------------
     def dispatch(self, org_id: UUID, envelope: Envelope) -> int:
         """Hand an event to the local sockets it concerns; returns how many got it."""
@@ -104,6 +129,9 @@ class Hub:
             targets = tuple(self._orgs.get(org_id, ()))
             for connection in targets:
                 connection.send(envelope.frame)
+        if envelope.kind is EventKind.MESSAGE_CREATED:
+            self.counters.messages_routed += 1
+            self.counters.notifications += len(targets)
         if targets and envelope.for_room:
             log.info(
                 "new message notified",
