@@ -68,6 +68,7 @@ def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
         CACHE_IDLE_SECONDS=str(settings.cache.idle_after_s),
         CACHE_REDIS_MAX_KEYS=str(settings.cache.redis_max_keys),
         DEPLOYMENT_ADMINS=",".join(settings.auth.deployment_admins),
+        METRICS_TOKEN=settings.app.metrics_token or "",
         MEDIA_STORAGE_URL=settings.media.storage_url,
         MEDIA_MAX_BYTES=str(settings.media.max_bytes),
         MEDIA_CONCURRENCY=str(settings.media.concurrency),

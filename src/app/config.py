@@ -127,6 +127,7 @@ class AppSettings:
     webhook_max_body_bytes: int = 24 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = True
+    metrics_token: str | None = field(default=None, repr=False)  # enables /metrics for this bearer token
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ class Settings:
                 webhook_max_body_bytes=_env_int("WEBHOOK_MAX_BODY_BYTES", AppSettings.webhook_max_body_bytes),
                 log_level=_env("LOG_LEVEL", "INFO") or "INFO",
                 log_json=(_env("LOG_FORMAT", "json") == "json"),
+                metrics_token=_env("METRICS_TOKEN"),
             ),
             db=DatabaseSettings(
                 url=normalise_database_url(database_url),

@@ -44,6 +44,7 @@ from app.lib.dbstats import count_queries
 from app.lib.errors import problem_details_config, server_error_handlers
 from app.lib.jobs import ArqPlugin, JobQueue
 from app.lib.logging import structlog_plugin
+from app.lib.metrics import metrics_route, prometheus_config
 from app.lib.redaction import redact_server_logs
 from app.lib.stores import FailOpenRedisStore
 from app.server.fastpath import CachedPageFastPath
@@ -139,7 +140,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             webhooks,
             realtime_socket,
             websocket_info,
+            metrics_route(settings.app.metrics_token),
         ],
+        middleware=[prometheus_config().middleware],
         state=State({"page_cache": page_cache, "verified_tokens": verified_tokens}),
         stores={"login_rate_limit": FailOpenRedisStore(redis, namespace=f"{prefix}:login-rate-limit")},
         dependencies={

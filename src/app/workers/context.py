@@ -4,10 +4,12 @@ and a page reader writing to the Redis cache layer only (a worker serves no read
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import httpx
+from prometheus_client import start_http_server
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -33,6 +35,9 @@ async def startup(ctx: dict[str, Any]) -> None:
 async def _common(ctx: dict[str, Any]) -> None:
     settings = get_settings()
     configure_logging(settings.app.log_level, settings.app.log_json)
+    port = os.environ.get("WORKER_METRICS_PORT")
+    if port:  # this worker's own /metrics, for a Prometheus that cannot reach the API's directory
+        start_http_server(int(port), addr=os.environ.get("WORKER_METRICS_HOST", "127.0.0.1"))
     engine = create_async_engine(settings.db.url, pool_size=5, max_overflow=5, hide_parameters=True)
     redis = Redis.from_url(settings.redis.url)
     ctx["settings"] = settings

@@ -34,6 +34,7 @@ from app.domain.media.processing import Inspected, MediaRejected, inspect, sha25
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.domain.realtime.events import Envelope, EventKind
 from app.domain.realtime.frames import MediaReady, encode
+from app.lib import metrics
 from app.lib.jobs import media_job_id, media_queue_name
 
 log = structlog.get_logger()
@@ -207,6 +208,7 @@ async def _settle(ctx: dict[str, Any], claimed: _Claimed, values: dict[str, Any]
     )
     envelope = Envelope(EventKind.MEDIA_READY, claimed.conversation_id, claimed.seq, encode(frame))
     await ctx["publisher"].publish(settled.org_id, [envelope])
+    metrics.JOBS.labels("process_media", outcome).inc()
     log.info("media processed", media_id=str(media_id), outcome=outcome)
     return outcome
 

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from app.config import CacheSettings
 from app.domain.realtime.events import Envelope, EventKind
+from app.lib import metrics
 from app.lib.lru import ByteBudgetLru, LruStats
 
 log = structlog.get_logger()
@@ -224,13 +225,17 @@ class PageCache:
 
     def peek(self, scope: str, variant: str) -> bytes | None:
         """The page if this process holds it in memory (and may use it); never loads."""
-        return self.memory.get(self.keys.page_key(scope, variant)) if self._memory_live else None
+        page = self.memory.get(self.keys.page_key(scope, variant)) if self._memory_live else None
+        if page is not None:
+            metrics.MEMORY_HIT.inc()
+        return page
 
     async def get_or_load(self, scope: str, variant: str, load: Loader) -> bytes:
         key = self.keys.page_key(scope, variant)
         if self._memory_live:
             value = self.memory.get(key)
             if value is not None:
+                metrics.MEMORY_HIT.inc()
                 return value
         flight = self._flights.get(key)
         if flight is not None:
@@ -268,6 +273,7 @@ class PageCache:
         if value is None:
             value = await load()
             self.stats.loads += 1
+            metrics.POSTGRES_LOAD.inc()
             if version is not None:
                 await self._redis_put(scope, key, version, value)
         if self._memory_live:
@@ -304,6 +310,7 @@ class PageCache:
             self.stats.redis.misses += 1
             return version, None
         self.stats.redis.hits += 1
+        metrics.REDIS_HIT.inc()
         return version, page
 
     async def _redis_put(self, scope: str, key: str, version: bytes, page: bytes) -> None:

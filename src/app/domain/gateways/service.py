@@ -17,6 +17,7 @@ from app.domain.gateways.registry import get_adapter
 from app.domain.realtime.events import envelopes_for_ingest
 from app.domain.realtime.publisher import EventPublisher
 from app.domain.stats.ingest import INGEST
+from app.lib import metrics
 from app.lib.errors import problem
 from app.lib.jobs import JobQueue, media_job_id
 
@@ -86,6 +87,10 @@ class WebhookService:
                     log.warning("webhook transaction retried", sqlstate=_sqlstate(exc), attempt=attempt)
                     continue
                 raise
+            metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
+            metrics.WEBHOOKS.labels(gateway).inc()
+            metrics.MESSAGES_PERSISTED.labels(gateway).inc(len(result.created))
+            metrics.DUPLICATES.labels(gateway).inc(result.duplicates)
             INGEST.record(
                 gateway,
                 persisted=len(result.created),

@@ -37,6 +37,7 @@ from app.domain.realtime.frames import (
     encode,
 )
 from app.domain.realtime.history import History
+from app.lib import metrics
 
 if TYPE_CHECKING:
     from app.domain.realtime.hub import Hub
@@ -134,6 +135,7 @@ class Connection:
         while (frame := await self.queue.get()) is not None:
             await self.socket.send_text(frame)
             self.hub.counters.frames_sent += 1
+            metrics.WS_FRAMES.inc()
         code, reason = self.closing or (1000, "")
         await self.socket.close(code=code, reason=reason)
 

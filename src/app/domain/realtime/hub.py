@@ -39,6 +39,7 @@ from app.domain.realtime.events import (
     org_of_channel,
 )
 from app.domain.realtime.history import History
+from app.lib import metrics
 
 log = structlog.get_logger()
 
@@ -79,12 +80,14 @@ class Hub:
     # -- membership -----------------------------------------------------------------------------
     def register(self, connection: Connection) -> None:
         self._orgs.setdefault(connection.org_id, set()).add(connection)
+        metrics.WS_CONNECTIONS.inc()
 
     def unregister(self, connection: Connection) -> None:
         for conversation_id in list(connection.rooms):
             connection.unsubscribe(conversation_id)
         members = self._orgs.get(connection.org_id)
-        if members is not None:
+        if members is not None and connection in members:
+            metrics.WS_CONNECTIONS.dec()
             members.discard(connection)
             if not members:
                 del self._orgs[connection.org_id]

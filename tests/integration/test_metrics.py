@@ -1,0 +1,63 @@
+"""/metrics: Prometheus text for its own bearer token only; counters follow traffic; labels stay bounded."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.server.core import create_app
+from tests.factories import create_tenant
+from tests.integration.test_read_api import login
+from tests.webhooks import fixture_for, post_webhook, with_message_id
+
+
+def _value(text: str, name: str) -> float:
+    """The sample `name` (with its labels, exactly) in Prometheus text format; 0 if absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_metrics_are_off_without_a_token(settings: Settings):
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        assert (await client.get("/metrics")).status_code == 404
+
+
+async def test_metrics_need_their_token_and_count_traffic(settings: Settings, session: AsyncSession):
+    token = secrets.token_urlsafe(24)
+    with_token = dataclasses.replace(settings, app=dataclasses.replace(settings.app, metrics_token=token))
+    async with AsyncTestClient(app=create_app(with_token)) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        agent_jwt = await login(client, (await create_tenant(session)).agent.email)
+        assert (await client.get("/metrics", headers=agent_jwt)).status_code == 401  # a JWT is not it
+        scrape = {"Authorization": f"Bearer {token}"}
+        before = (await client.get("/metrics", headers=scrape)).text
+
+        tenant = await create_tenant(session)
+        instance = tenant.instance("evolution")
+        text = fixture_for("evolution", "v1_messages_upsert_text", instance)
+        for index in range(2):
+            body = with_message_id("evolution", text, f"METRIC{index}")
+            assert (await post_webhook(client, "evolution", instance, body)).status_code == 200
+        auth = await login(client, tenant.agent.email)
+        for _ in range(2):
+            await client.get("/api/whatsapp-optimized/conversations", headers=auth)
+
+        response = await client.get("/metrics", headers=scrape)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        after = response.text
+        name = 'crm_messages_persisted_total{gateway="evolution"}'
+        assert _value(after, name) - _value(before, name) == 2
+        assert (
+            _value(after, "crm_ingest_transaction_seconds_count")
+            - _value(before, "crm_ingest_transaction_seconds_count")
+            == 2
+        )
+        # Route templates, not ids, label the HTTP metrics.
+        assert 'path="/api/webhooks/{gateway}/{instance}"' in after
+        assert instance.name not in after
