@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from litestar.config.app import AppConfig
 from litestar.logging.config import StructLoggingConfig
 from litestar.plugins.structlog import StructlogConfig, StructlogPlugin
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 # Any event key that looks like one of these is replaced before rendering, whoever logged it.
 _SECRET_KEYS = ("secret", "token", "password", "apikey", "api_key", "authorization", "signature")
@@ -61,3 +65,44 @@ def structlog_plugin(level: str, json_logs: bool) -> StructlogPlugin:
             enable_middleware_logging=False,
         )
     )
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id_of(scope: Scope | MutableMapping[str, Any]) -> str:
+    """The caller's X-Request-ID if it is a sane token, else a new id."""
+    supplied = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+    return supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+
+
+def outermost_request_ids(app_config: AppConfig) -> AppConfig:
+    """on_app_init, after the JWT middleware put itself first: every line of a request, its 401 included,
+    carries the request id, and every response (error responses too, via before_send) answers it."""
+    app_config.middleware.insert(0, request_ids)
+    app_config.before_send.append(answer_request_id)
+    return app_config
+
+
+def request_ids(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        scope["state"]["request_id"] = request_id
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await app(scope, receive, send)
+
+    return middleware
+
+
+async def answer_request_id(message: Message, scope: Scope) -> None:
+    if message["type"] == "http.response.start":
+        request_id = scope.get("state", {}).get("request_id") or request_id_of(scope)
+        message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+
+
+async def bind_job(ctx: dict[str, Any]) -> None:
+    """arq's on_job_start, run in the job's own task: every line the job logs carries its id and try."""
+    structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))

@@ -43,7 +43,7 @@ from app.domain.stats.process import ProcessSnapshots
 from app.lib.dbstats import count_queries
 from app.lib.errors import problem_details_config, server_error_handlers
 from app.lib.jobs import ArqPlugin, JobQueue
-from app.lib.logging import structlog_plugin
+from app.lib.logging import outermost_request_ids, structlog_plugin
 from app.lib.metrics import metrics_route, prometheus_config
 from app.lib.redaction import redact_server_logs
 from app.lib.stores import FailOpenRedisStore
@@ -161,7 +161,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ProblemDetailsPlugin(problem_details_config),
             structlog_plugin(settings.app.log_level, settings.app.log_json),
         ],
-        on_app_init=[jwt_auth.on_app_init],
+        on_app_init=[jwt_auth.on_app_init, outermost_request_ids],
         exception_handlers=server_error_handlers,  # type: ignore[arg-type]
         lifespan=[realtime_lifespan],
         cors_config=CORSConfig(

@@ -20,6 +20,7 @@ from litestar.config.cors import CORSConfig
 
 from app.domain.accounts.auth import VerifiedTokens
 from app.domain.conversations.cache import PageCache
+from app.lib.logging import request_id_of
 
 # Plain ASGI types: this layer sits outside Litestar and speaks the bare protocol.
 Scope = MutableMapping[str, Any]
@@ -99,6 +100,7 @@ class CachedPageFastPath:
         headers: list[tuple[bytes, bytes]] = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(page)).encode()),
+            (b"x-request-id", request_id_of(scope).encode()),
         ]
         origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
         if origin is not None:

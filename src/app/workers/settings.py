@@ -15,6 +15,7 @@ from arq.connections import RedisSettings
 
 from app.config import get_settings
 from app.lib.jobs import deserialize_job, media_queue_name, queue_name, serialize_job
+from app.lib.logging import bind_job
 from app.workers.cache import expire_cache, warm_cache
 from app.workers.context import shutdown, startup, startup_media
 from app.workers.conversations import reconcile_conversation
@@ -45,6 +46,7 @@ class WorkerSettings:
     ]
     on_startup = startup
     on_shutdown = shutdown
+    on_job_start = bind_job
     redis_settings = RedisSettings.from_dsn(get_settings().redis.url)
     health_check_interval = 30
     job_serializer = serialize_job
@@ -62,6 +64,7 @@ class MediaWorkerSettings:
     max_jobs = get_settings().media.concurrency
     on_startup = startup_media
     on_shutdown = shutdown
+    on_job_start = bind_job
     redis_settings = RedisSettings.from_dsn(get_settings().redis.url)
     health_check_interval = 30
     job_serializer = serialize_job

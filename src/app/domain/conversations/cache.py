@@ -236,6 +236,7 @@ class PageCache:
             value = self.memory.get(key)
             if value is not None:
                 metrics.MEMORY_HIT.inc()
+                log.debug("messages served from cache", layer="memory", scope=scope)
                 return value
         flight = self._flights.get(key)
         if flight is not None:
@@ -311,6 +312,7 @@ class PageCache:
             return version, None
         self.stats.redis.hits += 1
         metrics.REDIS_HIT.inc()
+        log.debug("messages served from cache", layer="redis", scope=scope)
         return version, page
 
     async def _redis_put(self, scope: str, key: str, version: bytes, page: bytes) -> None:
