@@ -86,3 +86,20 @@ async def test_an_org_admin_sees_only_their_organisation_and_counters_follow_kno
     assert grown[0]["per_gateway"]["evolution"] - grown[1].get("per_gateway", {}).get("evolution", 0) == 4
     assert after["deployment"]["messages"]["persisted"] >= 3
     assert set(after["deployment"]["queues"]) == {"default", "media"}
+
+
+async def test_websocket_info_tells_how_to_connect_and_only_your_own_counts(
+    client: Client, session: AsyncSession
+):
+    tenant = await create_tenant(session)
+    info = await client.get(
+        "/api/whatsapp-optimized/websocket/info", headers=await login(client, tenant.agent.email)
+    )
+    assert info.status_code == 200
+    body = info.json()
+    assert body["url_path"] == "/ws" and body["protocol"] >= 1 and body["heartbeat_s"] > 0
+    assert {"subscribe", "unsubscribe", "ping"} <= set(body["client_frames"])
+    assert {"message.created", "media.ready", "resync"} <= set(body["server_frames"])
+    assert body["process"] == {"connections": 0, "users": 0, "rooms": 0}  # a new org: nothing of others'
+    assert body["cache"]["memory_max_bytes"] > 0
+    assert (await client.get("/api/whatsapp-optimized/websocket/info")).status_code == 401

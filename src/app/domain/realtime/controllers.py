@@ -17,7 +17,8 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.security.jwt import Token
 
 from app.config import Settings
-from app.domain.accounts.auth import CurrentAgent, agent_from_token
+from app.domain.accounts.auth import AgentRequest, CurrentAgent, agent_from_token
+from app.domain.conversations.reads import PageReader
 from app.domain.realtime.connection import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, Connection
 from app.domain.realtime.frames import CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES, Ready
 from app.domain.realtime.hub import Hub
@@ -106,14 +107,20 @@ class WebsocketInfo(msgspec.Struct, frozen=True):
     heartbeat_s: int
     client_frames: list[str]
     server_frames: list[str]
-    process: dict[str, int]
+    process: dict[str, int]  # your organisation's sockets, users and rooms on the process that answered
+    cache: dict[str, object]  # how fresh history/inbox reads are: what to expect after a reconnect
 
 
 @get(
     "/api/whatsapp-optimized/websocket/info",
-    summary="How to connect to /ws, and this process's socket counts",
+    summary="How to connect to /ws, your organisation's sockets on this process, how reads are cached",
 )
-async def websocket_info(settings: NamedDependency[Settings], hub: NamedDependency[Hub]) -> WebsocketInfo:
+async def websocket_info(
+    request: AgentRequest,
+    settings: NamedDependency[Settings],
+    hub: NamedDependency[Hub],
+    pages: NamedDependency[PageReader],
+) -> WebsocketInfo:
     return WebsocketInfo(
         url_path="/ws",
         auth="?token=<access_token from POST /api/auth/login>",
@@ -121,5 +128,12 @@ async def websocket_info(settings: NamedDependency[Settings], hub: NamedDependen
         heartbeat_s=settings.realtime.heartbeat_s,
         client_frames=sorted(CLIENT_FRAME_TYPES),
         server_frames=sorted(SERVER_FRAME_TYPES),
-        process=hub.counts(),
+        process=hub.counts_for(request.user.org_id),  # never another organisation's figures
+        cache={
+            "memory_live": pages.cache.memory_live,
+            "memory_max_bytes": settings.cache.memory_max_bytes,
+            "memory_ttl_s": settings.cache.memory_ttl_s,
+            "redis_ttl_s": settings.cache.redis_ttl_s,
+            "cached_reads": ["first inbox page", "latest history page"],
+        },
     )

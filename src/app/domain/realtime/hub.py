@@ -115,6 +115,16 @@ class Hub:
             "organisations": len(self._orgs),
         }
 
+    def counts_for(self, org_id: UUID) -> dict[str, int]:
+        """One organisation's share of this process: what its own agents may see."""
+        members = self._orgs.get(org_id, set())
+        rooms = {room for connection in members for room in connection.rooms}
+        return {
+            "connections": len(members),
+            "users": len({c.agent.id for c in members}),
+            "rooms": len(rooms),
+        }
+
     def counts_by_org(self) -> dict[str, dict[str, int]]:
         return {
             str(org_id): {"connections": len(members), "users": len({c.agent.id for c in members})}
