@@ -18,7 +18,6 @@ from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsPlugin
@@ -27,6 +26,7 @@ from redis.asyncio import Redis
 from app.config import Settings, get_settings
 from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
 from app.domain.accounts.controllers import AuthController
+from app.domain.accounts.throttle import LoginThrottle
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
 from app.domain.conversations.reads import PageReader
@@ -46,7 +46,6 @@ from app.lib.jobs import ArqPlugin, JobQueue
 from app.lib.logging import outermost_request_ids, structlog_plugin
 from app.lib.metrics import metrics_route, prometheus_config
 from app.lib.redaction import redact_server_logs
-from app.lib.stores import FailOpenRedisStore
 from app.server.fastpath import CachedPageFastPath
 from app.server.signals import close_sockets_on_sigterm
 
@@ -121,10 +120,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
 
     # Brute-force guard on the one endpoint that takes a password; counted in Redis so every process agrees.
-    login_rate_limit = RateLimitConfig(
-        rate_limit=("minute", settings.auth.login_attempts_per_minute), store="login_rate_limit"
-    )
-    auth = Router(path="/", route_handlers=[AuthController], middleware=[login_rate_limit.middleware])
+    login_throttle = LoginThrottle(redis, prefix, settings.auth.login_attempts_per_minute)
     webhooks = Router(
         path="/",
         route_handlers=[WebhookController],
@@ -132,7 +128,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     return Litestar(
         route_handlers=[
-            auth,
+            AuthController,
             ConversationController,
             HealthController,
             StatsController,
@@ -143,8 +139,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics_route(settings.app.metrics_token),
         ],
         middleware=[prometheus_config().middleware],
-        state=State({"page_cache": page_cache, "verified_tokens": verified_tokens}),
-        stores={"login_rate_limit": FailOpenRedisStore(redis, namespace=f"{prefix}:login-rate-limit")},
+        state=State(
+            {"page_cache": page_cache, "verified_tokens": verified_tokens, "login_throttle": login_throttle}
+        ),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "token_issuer": Provide(lambda: token_issuer, use_cache=True, sync_to_thread=False),

@@ -10,6 +10,7 @@ from litestar.params import Body
 from app.domain.accounts.auth import TokenIssuer
 from app.domain.accounts.schemas import AgentOut, LoginRequest, LoginResponse
 from app.domain.accounts.services import AgentService
+from app.domain.accounts.throttle import throttle_logins
 from app.lib.deps import DbSession
 
 
@@ -17,7 +18,12 @@ class AuthController(Controller):
     path = "/api/auth"
     tags = ["auth"]
 
-    @post("/login", status_code=200, summary="Exchange e-mail and password for a bearer token")
+    @post(
+        "/login",
+        status_code=200,
+        summary="Exchange e-mail and password for a bearer token",
+        guards=[throttle_logins],  # before the body is even parsed: a flood costs no scrypt
+    )
     async def login(
         self,
         data: Annotated[LoginRequest, Body()],

@@ -29,15 +29,23 @@ def hash_password(password: str) -> str:
     )
 
 
+_MIN_DIGEST, _MIN_SALT, _MIN_N, _MIN_R = 32, 16, 2**14, 8
+
+
 def verify_password(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt_b64, digest_b64 = stored.split("$")
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest_b64)
+        salt = base64.b64decode(salt_b64)
+        # Parameters come from the stored string, so they are held to at least what hash_password writes:
+        # a cut-short digest (scrypt's output for a shorter length is a prefix) must not verify.
+        if len(expected) < _MIN_DIGEST or len(salt) < _MIN_SALT or int(n) < _MIN_N or int(r) < _MIN_R:
+            return False
         actual = hashlib.scrypt(
             password.encode(),
-            salt=base64.b64decode(salt_b64),
+            salt=salt,
             n=int(n),
             r=int(r),
             p=int(p),

@@ -1,0 +1,70 @@
+"""Fixtures of the security suite: the app as uvicorn serves it (fast path in front of Litestar), and two
+organisations, A (the caller) and B (the victim), each with data of its own."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.config import Settings
+from app.server.core import create_asgi
+from app.server.fastpath import CachedPageFastPath
+from tests.process_rig import ApiProcess, api_processes, env_for
+from tests.security.support import Client, Org, seed_org, wait_memory_live
+
+
+@dataclass
+class Served:
+    client: Client
+    asgi: CachedPageFastPath
+
+
+@pytest.fixture
+async def served(settings: Settings) -> AsyncIterator[Served]:
+    """The full ASGI stack (`app.asgi:app`): fast path, then Litestar; its memory layer live."""
+    asgi = create_asgi(settings)
+    async with AsyncTestClient(app=asgi) as client:  # type: ignore[arg-type]
+        await wait_memory_live(asgi)
+        yield Served(client, asgi)
+
+
+@dataclass
+class World:
+    a: Org  # the caller
+    b: Org  # the victim
+
+
+@pytest.fixture
+async def world(engine: AsyncEngine, session: AsyncSession, settings: Settings) -> World:
+    a = await seed_org(engine, session, settings, texts=2)
+    b = await seed_org(engine, session, settings, texts=4, can_send=True)
+    return World(a, b)
+
+
+# Limits of the API processes below (test_limits.py checks them). The login limit is low, so nothing logs in
+# through these processes but the rate-limit test: the others log in through the in-process app (same JWT
+# secret) and present that token to the processes.
+LOGIN_LIMIT = 3
+WEBHOOK_LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="session")
+def processes(settings: Settings) -> Iterator[list[ApiProcess]]:
+    """Two real API processes (uvicorn) on this run's Postgres, Redis and media directory. Their Redis
+    namespace is their own (login counts, events, cache), and they trust no proxy, so a client cannot
+    change its address with X-Forwarded-For."""
+    env = env_for(
+        settings,
+        LOGIN_ATTEMPTS_PER_MINUTE=str(LOGIN_LIMIT),
+        WEBHOOK_MAX_BODY_BYTES=str(WEBHOOK_LIMIT),
+        REDIS_KEY_PREFIX=f"crm-security-{secrets.token_hex(4)}",
+        FORWARDED_ALLOW_IPS="192.0.2.1",
+        WS_CATCH_UP_SECONDS="1",
+    )
+    with api_processes(2, env) as started:
+        yield started
