@@ -59,8 +59,16 @@ def _from_invalid_cursor(exc: InvalidCursor) -> ProblemDetailsException:
     return problem(400, str(exc))
 
 
+# SQLSTATEs of a server that cannot take work now: connection exceptions (08…), shutting down or crashed
+# (57P01, 57P02), starting up or shutting down (57P03 "cannot connect now"), too many connections (53300).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """Errors that mean "the database cannot take work now" (connection lost, refused, pool exhausted)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+        return True
     if isinstance(
         exc, (OperationalError, InterfaceError, PoolTimeoutError, OSError, asyncpg.PostgresConnectionError)
     ):

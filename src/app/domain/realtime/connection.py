@@ -240,6 +240,8 @@ class Connection:
                     conversation_id, cursor.delivered, self.settings.replay_page
                 )
                 for message in page:
+                    if self.rooms.get(conversation_id) is not cursor:
+                        return  # re-subscribed (or left) meanwhile: the new subscription replays itself
                     await self.send_in_order(MessageCreated(conversation_id, message.seq, message))
                     cursor.delivered = message.seq
                 if len(page) < self.settings.replay_page:
@@ -248,10 +250,11 @@ class Connection:
             log.exception(
                 "websocket replay failed", connection_id=self.id, conversation_id=str(conversation_id)
             )
-            cursor.pending.clear()
-            cursor.busy = False
-            self.hub.counters.resyncs += 1
-            self.send_frame(Resync(conversation_id=conversation_id, reason="replay failed"))
+            if self.rooms.get(conversation_id) is cursor:
+                # Leave the room first: nothing more is sent for it until the client subscribes again.
+                self.unsubscribe(conversation_id)
+                self.hub.counters.resyncs += 1
+                self.send_frame(Resync(conversation_id=conversation_id, reason="replay failed"))
             return
         if self.rooms.get(conversation_id) is not cursor:
             return  # unsubscribed (or subscribed afresh) while we were reading
