@@ -118,12 +118,14 @@ class Connection:
             await self.queue.put(encode(frame))
 
     def close_soon(self, code: int, reason: str, *, resync: bool = False) -> None:
-        """Drop what is queued (the client must reload anyway), tell it why, and close."""
+        """Tell the client why and close. With a resync, what is queued is dropped (the client reloads
+        anyway); otherwise it goes out first — e.g. the `rate_limited` warning before a flooding close."""
         if self.closing is not None:
             return
         self.closing = (code, reason)
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        if resync or self.queue.full():
+            while not self.queue.empty():
+                self.queue.get_nowait()
         if reason == "slow consumer":
             self.hub.counters.slow_consumers += 1
         if resync:
