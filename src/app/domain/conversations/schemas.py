@@ -82,7 +82,8 @@ class ReadMarker(Schema):
 
 
 class SendMessageRequest(Schema):
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    # No U+0000: Postgres text cannot hold it, so it must be a validation error, not a failed INSERT.
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
     # The client's idempotency key: a retry with the same key returns the same message, sent once.
     client_message_id: Annotated[
         str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")

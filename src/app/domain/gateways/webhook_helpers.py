@@ -26,6 +26,12 @@ _HEX_DIGITS = frozenset(string.hexdigits)
 _BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*")
 
 
+# What a decode may raise besides msgspec's own errors: invalid UTF-8 inside a JSON string surfaces as
+# UnicodeDecodeError, nesting deeper than the interpreter's recursion limit as RecursionError. Both mean
+# "not JSON we can read" (400), never a server error.
+UNREADABLE_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 def decode_or_reject(decoder: msgspec.json.Decoder[T], payload: bytes | msgspec.Raw, what: str) -> T:
     """Decode with a typed decoder; broken JSON is a 400, JSON of the wrong shape a 422.
 
@@ -36,7 +42,7 @@ def decode_or_reject(decoder: msgspec.json.Decoder[T], payload: bytes | msgspec.
         return decoder.decode(payload)
     except msgspec.ValidationError as exc:  # subclass of DecodeError: must come first
         raise WebhookRejected(f"{what} has an unexpected shape: {exc}", status_code=422) from exc
-    except msgspec.DecodeError as exc:
+    except UNREADABLE_JSON as exc:
         raise WebhookRejected(f"{what} is not valid JSON: {exc}", status_code=400) from exc
 
 
@@ -45,8 +51,15 @@ def wrong_shape(detail: str) -> WebhookRejected:
 
 
 def decode_untyped(payload: bytes | msgspec.Raw) -> Any:
-    """The same JSON as plain dicts and lists, for the `raw` column (called after a typed decode passed)."""
-    return msgspec.json.decode(payload)
+    """The same JSON as plain dicts and lists, for the `raw` column (called after a typed decode passed).
+
+    A typed decode skips unknown fields without building them, so junk it never looked at (bad UTF-8, deep
+    nesting) can still fail here: the same 400 as any unreadable body.
+    """
+    try:
+        return msgspec.json.decode(payload)
+    except UNREADABLE_JSON as exc:
+        raise WebhookRejected(f"webhook body is not valid JSON: {exc}", status_code=400) from exc
 
 
 def utc_from_epoch(value: int | float | str | None, what: str = "timestamp") -> datetime | None:
@@ -72,7 +85,10 @@ def utc_from_iso(value: str | None) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 and its like fall outside datetime's range in UTC
+        return None
 
 
 def received_now() -> datetime:

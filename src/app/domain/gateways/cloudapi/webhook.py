@@ -151,8 +151,10 @@ def _message(
     message: CloudMessage, raw: dict[str, Any], field: str, names: dict[str, str], *, own: bool
 ) -> GatewayEvent:
     # Echoes (sent by the business from the WhatsApp Business app): the chat is the recipient.
-    peer = message.to if own else message.from_
-    if not peer:
+    peer = (message.to if own else message.from_) or ""
+    # Normalised first: "+" or "@c.us" come out empty, which is as good as no chat id at all.
+    chat_id = normalise_chat_id(peer)
+    if not chat_id:
         raise wrong_shape(f"Cloud API {field} message has no {'to' if own else 'from'}")
     found = _content(message)
     if found is None:
@@ -160,7 +162,7 @@ def _message(
     message_type, text, media = found
     return InboundMessage(
         gateway_message_id=message.id,
-        chat_id=normalise_chat_id(peer),
+        chat_id=chat_id,
         contact_name=None if own else names.get(peer),
         direction=Direction.OUTBOUND if own else Direction.INBOUND,
         type=message_type,
@@ -217,7 +219,7 @@ def _status(status: CloudStatus, field: str) -> GatewayEvent:
         return IgnoredEvent(event=field, reason=f"status {status.status!r} is not a delivery status")
     return StatusUpdate(
         gateway_message_id=status.id,
-        chat_id=normalise_chat_id(status.recipient_id) if status.recipient_id else None,
+        chat_id=normalise_chat_id(status.recipient_id or "") or None,
         status=mapped,
         at=utc_from_epoch(status.timestamp),
     )

@@ -11,8 +11,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import msgspec
-
 from app.domain.gateways.base import InstanceCredentials, WebhookRequest
 from app.domain.gateways.chat_ids import is_group, is_status_broadcast, normalise_chat_id
 from app.domain.gateways.events import (
@@ -42,6 +40,7 @@ from app.domain.gateways.evolution.schemas import (
     webhook_decoder,
 )
 from app.domain.gateways.webhook_helpers import (
+    UNREADABLE_JSON,
     decode_or_reject,
     decode_untyped,
     presented_secrets,
@@ -101,10 +100,11 @@ def canonical_event(name: str) -> str:
 
 
 def _body_apikey(body: bytes) -> str | None:
-    # Reads nothing but `apikey`: a body that is not an object simply has none.
+    # Reads nothing but `apikey`: a body that is not an object, or not readable JSON at all (bad UTF-8,
+    # nesting past the recursion limit), simply has none, so verification answers 401 rather than 500.
     try:
         return apikey_decoder.decode(body).apikey
-    except msgspec.DecodeError:
+    except UNREADABLE_JSON:
         return None
 
 
@@ -129,6 +129,8 @@ def _message(
     message_type, text, media = found
     own = key.from_me
     chat_id = normalise_chat_id(_chat_jid(key))
+    if not chat_id:  # "", "+" or "@s.whatsapp.net": no chat to file the message under
+        raise wrong_shape(f"Evolution {event} has no chat id (key.remoteJid)")
     push_name = (record.push_name or "").strip() or None
     return InboundMessage(
         gateway_message_id=key.id,
@@ -170,7 +172,7 @@ def _receipt(record: EvolutionStatusRecord, event: str, fallback_at: datetime | 
         return IgnoredEvent(event=event, reason=f"status {raw_status!r} is not a delivery status")
     return StatusUpdate(
         gateway_message_id=message_id,
-        chat_id=normalise_chat_id(remote_jid) if remote_jid else None,
+        chat_id=normalise_chat_id(remote_jid or "") or None,
         status=status,
         at=utc_from_epoch(record.datetime, "datetime") or fallback_at,
     )
@@ -277,7 +279,8 @@ def _location_text(location: EvolutionLocation) -> str | None:
 def _status_of(value: str | int | None) -> MessageStatus | None:
     if isinstance(value, str):
         name = value.strip().upper()
-        return _STATUS_BY_CODE.get(int(name)) if name.isdigit() else _STATUS_BY_NAME.get(name)
+        # isdecimal, not isdigit: "²" is a digit that int() refuses.
+        return _STATUS_BY_CODE.get(int(name)) if name.isdecimal() else _STATUS_BY_NAME.get(name)
     if isinstance(value, int):
         return _STATUS_BY_CODE.get(value)
     return None

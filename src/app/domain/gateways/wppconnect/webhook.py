@@ -106,7 +106,9 @@ def _message_event(webhook: WppWebhook, body: bytes) -> GatewayEvent:
     own = _is_own(webhook)
     # Own messages: `from` is the business itself, the chat is `to`. Received: the chat is `from`.
     peer = (webhook.to if own else webhook.from_) or _wid_text(webhook.chat_id)
-    if not peer:
+    # Normalised first: "+" or "@c.us" come out empty, which is as good as no chat id at all.
+    chat_id = normalise_chat_id(peer or "")
+    if not chat_id:
         raise wrong_shape(f"WPPConnect {webhook.event} has no chat id (from/to/chatId)")
     if is_status_broadcast(peer):
         return IgnoredEvent(event=webhook.event, reason="status broadcast (stories), not a chat")
@@ -114,7 +116,6 @@ def _message_event(webhook: WppWebhook, body: bytes) -> GatewayEvent:
     if wa_type in _NOT_CONTENT:
         return IgnoredEvent(event=webhook.event, reason=f"message type {wa_type!r} is not chat content")
 
-    chat_id = normalise_chat_id(peer)
     message_type, text, media = _content(webhook, message_id, wa_type)
     raw: dict[str, Any] = decode_untyped(body)  # the message is the whole body
     return InboundMessage(
@@ -145,7 +146,7 @@ def _ack_event(webhook: WppWebhook) -> GatewayEvent:
     # No receipt time in the payload (`t` is when the message was sent).
     return StatusUpdate(
         gateway_message_id=message_id,
-        chat_id=normalise_chat_id(peer) if peer else None,
+        chat_id=normalise_chat_id(peer or "") or None,
         status=status,
     )
 
