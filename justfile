@@ -62,8 +62,16 @@ bench-realtime: install
 bench-read *args: install
     {{embedded}} --ephemeral -- uv run python -m tests.bench.read {{args}}
 
-# All benchmarks
-bench: bench-ingest bench-realtime bench-read
+# Media benchmark: ingest p50/p99 ack with vs without a saturated media worker (goal <= 1.2x), images/s (--quick)
+bench-media *args: install
+    {{embedded}} --ephemeral -- uv run python -m tests.bench.media {{args}}
+
+# Every benchmark + the seed's table (polling vs WebSocket, history p50/p99, RSS per user) vs baselines: bench/results/report.{md,png,json} (--quick)
+bench *args: install
+    {{embedded}} --ephemeral -- uv run python -m tests.bench.suite {{args}}
+
+# The suite in its quick mode (under 2 minutes; rougher figures)
+bench-quick: (bench "--quick")
 
 # The `app` CLI (admin commands) with the dev services' URLs
 app *args: install

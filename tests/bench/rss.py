@@ -1,0 +1,167 @@
+"""Server RSS with 10 / 100 / 1,000 connected users: each one an agent of the team with its own token, one
+WebSocket subscribed to its open conversation, idle (no message traffic while sampling). A fresh API process;
+the same sockets against the minimal Redis→WebSocket relay in the same run as the floor.
+
+The client side is bare asyncio streams (the HTTP upgrade by hand, as tests.bench.realtime_idle does, plus
+one masked `subscribe` frame): a websockets client per socket would cost this process far more than the
+server spends. The server's frames (`ready`, `replay.done`) wait unread in the client's kernel buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from tests.bench.polling import relay_process
+from tests.bench.realtime_idle import raise_fd_limit, rss_kb
+from tests.bench.world import World, api_server, spawned, wait_ready
+
+_MIB = 1024 * 1024
+
+
+def text_frame(text: str) -> bytes:
+    """One masked client text frame (RFC 6455 5.2)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    size = len(payload)
+    head = bytes([0x81]) + (
+        bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack("!H", size)
+    )
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _open(port: int, path: str, conversation: str) -> asyncio.StreamWriter:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    if not head.startswith(b"HTTP/1.1 101"):
+        writer.close()
+        raise ConnectionError(head.decode(errors="replace")[:200])
+    writer.write(text_frame(json.dumps({"type": "subscribe", "conversation_id": conversation})))
+    await writer.drain()
+    return writer
+
+
+async def _close(writers: list[asyncio.StreamWriter]) -> None:
+    for writer in writers:
+        writer.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+
+
+async def _series(
+    pid: int,
+    port: int,
+    path_of: Callable[[int], str],
+    conversation_of: Callable[[int], str],
+    steps: list[int],
+    settle: float,
+    server_count: Callable[[], Awaitable[int | None]] | None = None,
+) -> tuple[int, list[dict[str, Any]], int, int | None]:
+    """RSS (KB) before any socket, then at each step of connected users; how many sockets failed; and
+    the sockets the server itself counted at the last step (not what the client believes it holds)."""
+    writers: list[asyncio.StreamWriter] = []
+    failed = 0
+    gate = asyncio.Semaphore(100)
+
+    async def one(i: int) -> None:
+        nonlocal failed
+        async with gate:
+            try:
+                writers.append(await _open(port, path_of(i), conversation_of(i)))
+            except (OSError, ConnectionError, TimeoutError):
+                failed += 1
+
+    try:
+        # A few sockets opened and closed first, so one-off costs (imports, pools) land in the baseline.
+        await asyncio.gather(*(one(i) for i in range(min(20, steps[0]))))
+        await _close(writers)
+        writers.clear()
+        failed = 0
+        await asyncio.sleep(settle)
+        before = rss_kb(pid)
+        samples = []
+        for users in steps:
+            await asyncio.gather(*(one(i) for i in range(len(writers) + failed, users)))
+            if server_count is not None:  # every socket registered (and subscribed) before sampling
+                deadline = time.monotonic() + 10
+                while ((await server_count()) or 0) < len(writers) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(settle)
+            samples.append({"users": users, "held": len(writers), "rss_kb": rss_kb(pid)})
+        return before, samples, failed, (await server_count() if server_count else None)
+    finally:
+        await _close(writers)
+
+
+async def run(world: World, steps: list[int], settle: float) -> dict[str, Any]:
+    raise_fd_limit(2 * max(steps) + 1000)
+    channel = f"{world.settings.redis.key_prefix}:suite-rss-relay"
+    with (
+        spawned(api_server(world.env)) as (api,),
+        relay_process(os.environ["REDIS_URL"], channel) as (relay_url, relay_pid),
+    ):
+        wait_ready(api)
+        await world.ensure_conversations(api.port)
+
+        def api_path(i: int) -> str:
+            return f"/ws?token={quote(world.tokens[i])}"
+
+        async with httpx.AsyncClient(base_url=api.base_url, trust_env=False, timeout=10) as http:
+
+            async def server_count() -> int | None:
+                info = await http.get(
+                    "/api/whatsapp-optimized/websocket/info",
+                    headers={"Authorization": f"Bearer {world.tokens[0]}"},
+                )
+                return info.json().get("process", {}).get("connections") if info.status_code == 200 else None
+
+            api_before, api_samples, api_failed, counted = await _series(
+                api.pid, api.port, api_path, world.open_conversation, steps, settle, server_count
+            )
+        relay_port = int(relay_url.rsplit(":", 1)[1].strip("/"))
+        relay_before, relay_samples, relay_failed, _ = await _series(
+            relay_pid, relay_port, lambda _i: "/", world.open_conversation, steps, settle
+        )
+    rows = []
+    first = api_samples[0]["rss_kb"]
+    for ours, floor in zip(api_samples, relay_samples, strict=True):
+        rows.append(
+            {
+                "users": ours["users"],
+                "held": ours["held"],
+                "rss_mib": round(ours["rss_kb"] / 1024, 1),
+                "growth_vs_first_pct": round((ours["rss_kb"] / first - 1) * 100, 1),
+                "kb_per_user": round((ours["rss_kb"] - api_before) / ours["users"], 1),
+                "relay_rss_mib": round(floor["rss_kb"] / 1024, 1),
+                "relay_held": floor["held"],
+                "relay_kb_per_user": round((floor["rss_kb"] - relay_before) / floor["users"], 1),
+                "ratio": round(ours["rss_kb"] / floor["rss_kb"], 2),
+            }
+        )
+    return {
+        "settle_s": settle,
+        "api_rss_before_mib": round(api_before / 1024, 1),
+        "relay_rss_before_mib": round(relay_before / 1024, 1),
+        "failed": api_failed,
+        "relay_failed": relay_failed,
+        "server_counted_connections": counted,
+        "rows": rows,
+    }
