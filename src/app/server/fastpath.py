@@ -20,6 +20,8 @@ from litestar.config.cors import CORSConfig
 
 from app.domain.accounts.auth import VerifiedTokens
 from app.domain.conversations.cache import PageCache
+from app.domain.conversations.reads import inbox_variant, latest_variant
+from app.domain.conversations.services import ConversationFilters
 from app.lib.logging import request_id_of
 
 # Plain ASGI types: this layer sits outside Litestar and speaks the bare protocol.
@@ -31,6 +33,7 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 _PREFIX = "/api/whatsapp-optimized/"
 _MESSAGES = _PREFIX + "messages/"
 _INBOX = _PREFIX + "conversations"
+_NO_FILTERS = ConversationFilters()
 _DEFAULT_LIMIT = 50
 _MAX_LIMIT = 100
 
@@ -84,7 +87,7 @@ class CachedPageFastPath:
         org_id = known[1].org_id
         keys = self.cache.keys
         if path == _INBOX:
-            return self.cache.peek(keys.inbox_scope(org_id), f"-:-:0:{limit}")
+            return self.cache.peek(keys.inbox_scope(org_id), inbox_variant(_NO_FILTERS, limit))
         if path.startswith(_MESSAGES):
             raw_id = path[len(_MESSAGES) :]
             if len(raw_id) != 36:  # the canonical form only; Litestar judges any other spelling
@@ -93,7 +96,7 @@ class CachedPageFastPath:
                 conversation_id = UUID(raw_id)
             except ValueError:
                 return None
-            return self.cache.peek(keys.messages_scope(org_id, conversation_id), f"latest:{limit}")
+            return self.cache.peek(keys.messages_scope(org_id, conversation_id), latest_variant(limit))
         return None
 
     async def _answer(self, scope: Scope, page: bytes, send: Send) -> None:

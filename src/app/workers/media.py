@@ -15,8 +15,6 @@ Decoding and Pillow run in a thread: a large image must not stall the worker's o
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +27,7 @@ from sqlalchemy.orm import undefer
 
 from app.db.models import Conversation, GatewayKind, Media, MediaState, Message, WhatsAppInstance
 from app.domain.conversations.services import media_out
-from app.domain.gateways.media import FetchFailed, FetchTarget, fetch_media
+from app.domain.gateways.media import FetchFailed, FetchTarget, decode_base64_file, fetch_media
 from app.domain.media.processing import Inspected, MediaRejected, inspect, sha256_hex, thumbnail_webp
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.domain.realtime.events import Envelope, EventKind
@@ -134,14 +132,12 @@ async def _bytes_of(ctx: dict[str, Any], claimed: _Claimed, max_bytes: int) -> t
 
 
 def _decode_inline(inline: str, max_bytes: int) -> bytes:
-    payload = inline.split(",", 1)[1] if inline.startswith("data:") else inline
-    payload = "".join(payload.split())  # base64 wrapped in lines (MIME style) is still base64
-    if len(payload) // 4 * 3 > max_bytes + 3:
-        raise MediaRejected(f"file larger than {max_bytes} bytes")
+    # Webhooks may wrap their base64 in lines (MIME style); gateway answers are held to the strict form.
     try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise MediaRejected("inline base64 is not valid") from None
+        data, _ = decode_base64_file("".join(inline.split()), max_bytes=max_bytes, gateway="inline copy")
+    except FetchFailed as exc:
+        raise MediaRejected(exc.reason) from None
+    return data
 
 
 async def _store(storage: MediaStorage, sha: str, data: bytes, inspected: Inspected, max_side: int) -> None:

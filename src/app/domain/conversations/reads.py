@@ -19,6 +19,15 @@ from app.lib.pagination import ActivityCursor
 _json = msgspec.json.Encoder()
 
 
+def inbox_variant(filters: ConversationFilters, limit: int) -> str:
+    """Which cached inbox page: one per filter combination and page size (the fast path looks it up too)."""
+    return f"{filters.instance_id or '-'}:{filters.status or '-'}:{int(filters.unread_only)}:{limit}"
+
+
+def latest_variant(limit: int) -> str:
+    return f"latest:{limit}"
+
+
 class PageReader:
     def __init__(self, cache: PageCache, sessions: Callable[[], AsyncSession]) -> None:
         self.cache = cache
@@ -34,7 +43,7 @@ class PageReader:
 
         if cursor is not None:
             return await load()
-        variant = f"{filters.instance_id or '-'}:{filters.status or '-'}:{int(filters.unread_only)}:{limit}"
+        variant = inbox_variant(filters, limit)
         return await self.cache.get_or_load(self.cache.keys.inbox_scope(org_id), variant, load)
 
     async def messages(
@@ -56,4 +65,4 @@ class PageReader:
         if before_seq is not None or after_seq is not None:
             return await load()
         scope = self.cache.keys.messages_scope(org_id, conversation_id)
-        return await self.cache.get_or_load(scope, f"latest:{limit}", load)
+        return await self.cache.get_or_load(scope, latest_variant(limit), load)

@@ -1,8 +1,9 @@
 """What one API process has seen, and how /stats gathers every process's figures through Redis.
 
 Counters live in the process that counts them (a dict increment on the hot path, no I/O). Every few seconds
-each API process writes a snapshot to `{prefix}:stats:proc:{host}:{pid}` with a short TTL; /stats reads all
-live snapshots and sums them, so the figures cover the deployment and a dead process drops out on its own.
+each API process writes a snapshot, stamped with the time, into one hash `{prefix}:stats:processes` (field
+`{host}:{pid}`); /stats reads that hash — one command, however many keys the cache holds — sums the fresh
+snapshots and removes the ones of processes that stopped writing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import contextlib
 import os
 import socket
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -27,7 +29,7 @@ from app.lib.dbstats import QueryCounter
 log = structlog.get_logger()
 
 SNAPSHOT_INTERVAL_S = 5.0
-_SNAPSHOT_TTL_S = 15  # three missed writes: the process is gone
+_STALE_S = 15  # three missed writes: the process is gone
 
 
 class ProcessSnapshots:
@@ -36,14 +38,15 @@ class ProcessSnapshots:
         self._hub = hub
         self._cache = cache
         self.cache_keys = cache.keys
-        self._key_root = f"{key_prefix}:stats:proc:"
-        self._key = f"{self._key_root}{socket.gethostname()}:{os.getpid()}"
+        self._hash = f"{key_prefix}:stats:processes"
+        self._name = f"{socket.gethostname()}:{os.getpid()}"
         self._started = time.time()
 
     def snapshot(self) -> dict[str, Any]:
         counters = self._hub.counters
         return {
-            "process": self._key[len(self._key_root) :],
+            "process": self._name,
+            "written_at": time.time(),
             "started_at": int(self._started),
             "websocket": {
                 **self._hub.counts(),
@@ -61,7 +64,8 @@ class ProcessSnapshots:
 
     async def publish(self) -> None:
         async with asyncio.timeout(1.0):
-            await self._redis.set(self._key, msgspec.json.encode(self.snapshot()), ex=_SNAPSHOT_TTL_S)
+            snapshot = msgspec.json.encode(self.snapshot()).decode()
+            await cast(Awaitable[int], self._redis.hset(self._hash, self._name, snapshot))
 
     async def run(self) -> None:
         while True:
@@ -74,9 +78,14 @@ class ProcessSnapshots:
         own = self.snapshot()
         try:
             async with asyncio.timeout(1.0):
-                keys = [key async for key in self._redis.scan_iter(match=f"{self._key_root}*", count=500)]
-                values = await self._redis.mget(keys) if keys else []
+                stored = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(self._hash))
+                snapshots = [msgspec.json.decode(value) for value in stored.values()]
+                gone = [
+                    s["process"] for s in snapshots if s.get("written_at", 0) < own["written_at"] - _STALE_S
+                ]
+                if gone:
+                    await cast(Awaitable[int], self._redis.hdel(self._hash, *gone))
         except (RedisError, OSError, TimeoutError):
             return [own]
-        others = [msgspec.json.decode(value) for key, value in zip(keys, values, strict=True) if value]
-        return [own, *(s for s in others if s.get("process") != own["process"])]
+        others = [s for s in snapshots if s["process"] not in gone and s["process"] != own["process"]]
+        return [own, *others]
