@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -266,3 +266,48 @@ async def login_token(base_url: str, email: str, password: str) -> str:
         response = await http.post("/api/auth/login", json={"email": email, "password": password})
         response.raise_for_status()
         return str(response.json()["access_token"])
+
+
+class ArqWorker:
+    """`arq app.workers.<settings_class>` in a process group of its own, on the test's services."""
+
+    def __init__(self, settings: Settings, log: IO[bytes], settings_class: str) -> None:
+        self._log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "arq", f"app.workers.{settings_class}"],
+            cwd=ROOT,
+            env=env_for(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook, no job bookkeeping, exactly what an OOM kill or a lost node does."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(15)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def logs(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+
+@contextmanager
+def arq_worker(settings: Settings, settings_class: str = "WorkerSettings") -> Iterator[ArqWorker]:
+    """A real worker for the test's duration; its log tail goes to stderr when it stops."""
+    with tempfile.TemporaryFile() as log:
+        worker = ArqWorker(settings, log, settings_class)
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            sys.stderr.write(f"--- {settings_class} {worker.process.pid} ---\n{worker.logs()[-3000:]}\n")

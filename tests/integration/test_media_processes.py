@@ -10,17 +10,11 @@ import base64
 import dataclasses
 import io
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -52,55 +46,11 @@ from tests.integration.test_media_pipeline import (
 )
 from tests.integration.test_realtime import first_conversation, open_room, post_text
 from tests.integration.test_send_killed import eventually
-from tests.process_rig import ROOT, ApiProcess, env_for, login_token
+from tests.process_rig import ApiProcess, arq_worker, login_token
 from tests.webhooks import signed_headers
 
 GATEWAY = "evolution"
 MEDIA_PATH = "/api/whatsapp-optimized/media"
-
-
-class MediaWorker:
-    """`arq app.workers.MediaWorkerSettings` in a process group of its own, on the test's services."""
-
-    def __init__(self, settings: Settings, log: IO[bytes]) -> None:
-        self._log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "arq", "app.workers.MediaWorkerSettings"],
-            cwd=ROOT,
-            env=env_for(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hook, no job bookkeeping, exactly what an OOM kill or a lost node does."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(15)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    def logs(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-
-@contextmanager
-def media_worker(settings: Settings) -> Iterator[MediaWorker]:
-    with tempfile.TemporaryFile() as log:
-        worker = MediaWorker(settings, log)
-        try:
-            yield worker
-        finally:
-            worker.stop()
-            sys.stderr.write(f"--- media worker {worker.process.pid} ---\n{worker.logs()[-3000:]}\n")
 
 
 @pytest.fixture
@@ -163,7 +113,7 @@ async def test_an_image_posted_to_one_process_reaches_the_agent_as_a_thumbnail_f
     sha = processing.sha256_hex(image)
     payload = image_webhook(instance, "3EB0PROCIMG0001", image)
     body = json.dumps(payload).encode()
-    with media_worker(settings):
+    with arq_worker(settings, "MediaWorkerSettings"):
         async with httpx.AsyncClient(base_url=a.base_url, trust_env=False) as http:
             response = await http.post(
                 f"/api/webhooks/{GATEWAY}/{instance.name}",
@@ -238,7 +188,7 @@ async def test_a_worker_killed_mid_download_is_replaced_and_the_media_is_process
         def downloads() -> int:
             return sum(1 for request in gateway.requests if download in request.path)
 
-        with media_worker(settings) as first:
+        with arq_worker(settings, "MediaWorkerSettings") as first:
 
             async def gateway_has_it() -> bool:
                 return downloads() == 1
@@ -268,7 +218,7 @@ async def test_a_worker_killed_mid_download_is_replaced_and_the_media_is_process
         # The phone is back: the gateway now answers with the file.
         body = {"base64": base64.b64encode(image).decode(), "mimetype": "image/jpeg"}
         gateway.respond(download, status(200, body))
-        with media_worker(settings):
+        with arq_worker(settings, "MediaWorkerSettings"):
 
             async def job_over() -> bool:
                 settled = (await media_row(session, media_id)).state is not MediaState.PENDING

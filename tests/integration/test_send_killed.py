@@ -6,15 +6,8 @@ failed with INTERRUPTED instead of being sent a second time, and the job ends th
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import IO
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from arq.constants import in_progress_key_prefix, retry_key_prefix
@@ -30,53 +23,9 @@ from app.lib.jobs import deserialize_job, queue_name
 from app.workers.sending import INTERRUPTED, send_job_id
 from tests.fake_gateway import FakeGateway, hang
 from tests.integration.test_outbound import auth, send, tenant_with_chat
-from tests.process_rig import ROOT, env_for
+from tests.process_rig import arq_worker
 
 Client = AsyncTestClient[Litestar]
-
-
-class Worker:
-    """`arq app.workers.WorkerSettings` in a process group of its own, on the test's services."""
-
-    def __init__(self, settings: Settings, log: IO[bytes]) -> None:
-        self._log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "arq", "app.workers.WorkerSettings"],
-            cwd=ROOT,
-            env=env_for(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hook, no job bookkeeping, exactly what an OOM kill or a lost node does."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(15)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    def logs(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-
-@contextmanager
-def arq_worker(settings: Settings) -> Iterator[Worker]:
-    with tempfile.TemporaryFile() as log:
-        worker = Worker(settings, log)
-        try:
-            yield worker
-        finally:
-            worker.stop()
-            sys.stderr.write(f"--- worker {worker.process.pid} ---\n{worker.logs()[-3000:]}\n")
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:
