@@ -32,6 +32,7 @@ class AgentFactory(SQLAlchemyFactory[Agent]):
     password_hash = _PASSWORD_HASH
     role = AgentRole.AGENT
     is_active = True
+    token_generation = 0
 
 
 class InstanceFactory(SQLAlchemyFactory[WhatsAppInstance]):

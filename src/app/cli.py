@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
+from advanced_alchemy.exceptions import NotFoundError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
@@ -40,6 +41,8 @@ def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(main())
+    except NotFoundError:
+        raise click.ClickException("not found") from None
     except (IntegrityError, RepositoryIntegrityError) as exc:
         # A unique slug, e-mail or (gateway, name) taken: say so instead of a traceback.
         raise click.ClickException(
@@ -130,6 +133,25 @@ def create_agent(org_slug: str, email: str, name: str, password: str, role: str,
 
     agent = _run(work)
     _emit({"agent_id": str(agent.id), "email": agent.email, "role": agent.role.value}, as_json)
+
+
+@admin.command("set-agent-active")
+@click.option("--email", required=True)
+@click.option("--active/--inactive", required=True, help="--inactive also refuses the agent's tokens")
+@click.option("--json", "as_json", is_flag=True)
+def set_agent_active(email: str, active: bool, as_json: bool) -> None:
+    """Let an agent log in again, or stop them: their tokens are refused on every API process at once."""
+    agent = _run(lambda s: AgentService(session=s).set_active(email, active))
+    _emit({"agent_id": str(agent.id), "email": agent.email, "is_active": agent.is_active}, as_json)
+
+
+@admin.command("sign-out-agent")
+@click.option("--email", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def sign_out_agent(email: str, as_json: bool) -> None:
+    """Refuse every access token the agent holds now (on every API process, at once); logging in works."""
+    agent = _run(lambda s: AgentService(session=s).sign_out_everywhere(email))
+    _emit({"agent_id": str(agent.id), "email": agent.email}, as_json)
 
 
 @admin.command("create-instance")

@@ -66,6 +66,8 @@ class DatabaseSettings:
     # set DB_STATEMENT_CACHE_SIZE=0 there.
     statement_cache_size: int | None = None
     echo: bool = False
+    # LISTEN needs a session connection: behind a transaction pooler, point this at a direct/session one.
+    listen_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class AuthSettings:
     login_attempts_per_minute: int = 10  # per client address, shared by all API processes (Redis)
     # Emails of the operators who may see deployment-wide figures (every org's); org admins see their own.
     deployment_admins: list[str] = field(default_factory=list)
+    # How often each API process re-reads agent_revocations, in case a NOTIFY was missed.
+    revocation_check_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class Settings:
                 max_overflow=_env_int("DB_MAX_OVERFLOW", DatabaseSettings.max_overflow),
                 statement_cache_size=int(cache_size) if cache_size is not None else None,
                 echo=_env("DB_ECHO") == "1",
+                listen_url=normalise_database_url(listen) if (listen := _env("DB_LISTEN_URL")) else None,
             ),
             redis=RedisSettings(url=redis_url, key_prefix=_env("REDIS_KEY_PREFIX", "crm") or "crm"),
             auth=AuthSettings(
@@ -205,6 +210,9 @@ class Settings:
                     "LOGIN_ATTEMPTS_PER_MINUTE", AuthSettings.login_attempts_per_minute
                 ),
                 deployment_admins=[email.lower() for email in _env_list("DEPLOYMENT_ADMINS", [])],
+                revocation_check_s=float(
+                    _env("TOKEN_REVOCATION_CHECK_SECONDS") or AuthSettings.revocation_check_s
+                ),
             ),
         )
 

@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, CacheSettings, DatabaseSettings, RedisSettings, Settings
-from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
+from app.domain.accounts.auth import TokenIssuer
 from app.domain.conversations.cache import CacheKeys
 from app.domain.conversations.schemas import MessageOut, MessagePage
 from tests.bench.loadgen import HttpConnection
@@ -536,9 +536,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
         f"{HOT_MESSAGES} messages in {time.perf_counter() - started:.1f} s",
         flush=True,
     )
-    token = TokenIssuer(build_jwt_auth(settings, VerifiedTokens()), settings.auth.token_ttl_seconds).issue(
-        tenant.admin
-    )
+    token = TokenIssuer(settings.auth).issue(tenant.admin)
     env = env_for(settings, CACHE_MEMORY_MAX_BYTES=str(budget))
     try:
         with (

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, RealtimeSettings, RedisSettings, Settings
-from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
+from app.domain.accounts.auth import TokenIssuer
 from tests.bench.ingest import evolution_body
 from tests.bench.loadgen import HttpConnection
 from tests.bench.realtime_clients import Recorder, RoomSockets, body_for, drain, paced, quiet_gc
@@ -75,7 +75,7 @@ class Scenario:
 
     def __init__(self, args: argparse.Namespace, settings: Settings, tenants: list[Tenant]) -> None:
         self.args, self.tenants = args, tenants
-        issuer = TokenIssuer(build_jwt_auth(settings, VerifiedTokens()), settings.auth.token_ttl_seconds)
+        issuer = TokenIssuer(settings.auth)
         self.tokens = [issuer.issue(t.agent) for t in tenants]  # what POST /api/auth/login would return
         self.chats = [f"55119{r:08d}" for r in range(args.rooms)]
         self.rooms: list[str] = []

@@ -29,7 +29,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, RedisSettings, Settings
-from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
+from app.domain.accounts.auth import TokenIssuer
 from tests.bench.ingest import evolution_body
 from tests.bench.loadgen import HttpConnection
 from tests.bench.raw_asgi import ROUTES_ENV
@@ -270,7 +270,7 @@ async def build_world(
                 session.expunge(agent)
     finally:
         await engine.dispose()
-    issuer = TokenIssuer(build_jwt_auth(settings, VerifiedTokens()), settings.auth.token_ttl_seconds)
+    issuer = TokenIssuer(settings.auth)
     members = [team.agent, *extra]
     world = World(
         database_url=database_url,

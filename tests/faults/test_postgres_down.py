@@ -27,7 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from app.config import Settings
 from app.db.models import AgentRole
-from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
+from app.domain.accounts.auth import TokenIssuer
 from tests.factories import PASSWORD, AgentFactory, create_tenant
 from tests.faults.harness import (
     GATEWAY,
@@ -120,7 +120,7 @@ async def test_a_database_starting_up_is_503_with_retry_after_not_500(settings: 
     async with StartingUpPostgres() as postgres:
         with api_processes(1, env_for(settings, DATABASE_URL=postgres.url)) as (api,):
             agent = AgentFactory.build(org_id=uuid4(), role=AgentRole.AGENT)
-            token = TokenIssuer(build_jwt_auth(settings, VerifiedTokens()), 600).issue(agent)
+            token = TokenIssuer(settings.auth, 600).issue(agent)
             answers: Counter[str] = Counter()
             async with httpx.AsyncClient(base_url=api.base_url, timeout=10, trust_env=False) as http:
                 for _ in range(3):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from litestar import Litestar
@@ -103,3 +105,46 @@ async def test_demo_data_gives_a_working_login_and_webhook(cli: CliRunner, clien
         headers={"X-Webhook-Secret": wpp["webhook_secret"]},
     )
     assert response.status_code == 200 and response.json()["created"] == 1
+
+
+async def test_deactivating_or_signing_out_an_agent_refuses_their_tokens(cli: CliRunner, client: Client):
+    async def admin(*args: str) -> dict:
+        return await asyncio.to_thread(run, cli, "admin", *args, "--json")
+
+    slug = "acme-" + __import__("secrets").token_hex(3)
+    await admin("create-org", "Acme", "--slug", slug)
+    email, password = f"bia@{slug}.test", "s3cret-passw0rd"
+    await admin("create-agent", "--org", slug, "--email", email, "--name", "Bia", "--password", password)
+
+    async def log_in() -> httpx.Response:
+        return await client.post("/api/auth/login", json={"email": email, "password": password})
+
+    async def inbox(token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        return (await client.get("/api/whatsapp-optimized/conversations", headers=headers)).status_code
+
+    async def refused_soon(token: str) -> bool:
+        for _ in range(100):  # the revocation reaches this process by NOTIFY: a moment at most
+            if await inbox(token) == 401:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    first = (await log_in()).json()["access_token"]
+    assert await inbox(first) == 200
+    assert (await admin("sign-out-agent", "--email", email))["email"] == email
+    assert await refused_soon(first)
+    second = (await log_in()).json()["access_token"]
+    assert await inbox(second) == 200
+
+    assert (await admin("set-agent-active", "--email", email, "--inactive"))["is_active"] is False
+    assert await refused_soon(second)
+    assert (await log_in()).status_code == 401
+    await admin("set-agent-active", "--email", email, "--active")
+    assert await inbox(second) == 401  # reactivation does not bring old tokens back
+    assert await inbox((await log_in()).json()["access_token"]) == 200
+
+    unknown = await asyncio.to_thread(
+        cli.invoke, main, ["admin", "sign-out-agent", "--email", f"x@{slug}.test"]
+    )
+    assert unknown.exit_code != 0 and "not found" in unknown.output

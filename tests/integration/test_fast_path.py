@@ -13,10 +13,11 @@ import pytest
 from litestar import Litestar
 from litestar.security.jwt import Token
 from litestar.testing import AsyncTestClient
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from app.config import Settings
 from app.domain.accounts.auth import VerifiedTokens, agent_from_token
+from app.domain.accounts.revocations import TokenRevocations
 from app.server.core import create_asgi
 from app.server.fastpath import CachedPageFastPath
 from tests.events import text_message
@@ -149,9 +150,44 @@ async def test_a_write_makes_the_fast_path_step_aside(
     assert asgi.served == served + 1
 
 
+def _revocations(settings: Settings) -> TokenRevocations:
+    """Revocations as this process has heard them (nothing here talks to the database)."""
+    engine = create_async_engine(settings.db.url)
+    return TokenRevocations(engine, settings.db.url, token_ttl_s=3600, check_interval_s=30)
+
+
+def test_verified_tokens_forget_the_tokens_of_a_revoked_agent(settings: Settings) -> None:
+    tokens = VerifiedTokens(_revocations(settings))
+    closed: list[tuple[UUID, int]] = []
+    tokens.revocations.on_revoked(lambda agent_id, generation: closed.append((agent_id, generation)))
+    agent_id, other_id = UUID(int=5), UUID(int=6)
+
+    def token(sub: UUID, generation: int) -> Token:
+        return Token(
+            sub=str(sub),
+            exp=datetime.now(UTC) + timedelta(minutes=5),
+            extras={"org_id": str(UUID(int=1)), "role": "agent", "gen": generation},
+        )
+
+    old, other = token(agent_id, 0), token(other_id, 0)
+    tokens.add("old", old, agent_from_token(old))
+    tokens.add("other", other, agent_from_token(other))
+    tokens.revocations.note(agent_id, 0)  # what the database says of an agent never revoked: nothing
+    assert tokens.get("old") is not None and closed == []
+    tokens.revocations.note(agent_id, 1)
+    assert closed == [(agent_id, 1)]
+    assert tokens.get("old") is None
+    assert tokens.get("other") is not None  # another agent's token is untouched
+    tokens.revocations.note(agent_id, 1)  # heard twice (NOTIFY, then the periodic reload): acted on once
+    assert closed == [(agent_id, 1)]
+    new = token(agent_id, 1)  # the agent's next login
+    tokens.add("new", new, agent_from_token(new))
+    assert tokens.get("new") is not None
+
+
 def test_verified_tokens_forget_expired_tokens_and_stay_bounded(settings: Settings) -> None:
     now = [time.time()]
-    tokens = VerifiedTokens(max_entries=2, clock=lambda: now[0])
+    tokens = VerifiedTokens(_revocations(settings), max_entries=2, clock=lambda: now[0])
 
     def token(sub: str, expires_in: float) -> Token:
         return Token(

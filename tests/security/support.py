@@ -260,6 +260,7 @@ def claims_for(
         "org_id": str(tenant.org_id),
         "role": role,
         "email": agent.email,
+        "gen": agent.token_generation,
     }
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not None}

@@ -13,13 +13,14 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import cache
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import case
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
 from app.db.models import Agent
@@ -29,6 +30,8 @@ from tests.security.conftest import Served, World
 from tests.security.support import (
     API,
     INBOX,
+    Client,
+    Org,
     RsaKey,
     b64url,
     b64url_json,
@@ -38,6 +41,7 @@ from tests.security.support import (
     hmac_jwt,
     login,
     org_rows,
+    post_evolution_text,
     prime_fast_path,
     rs256_jwt,
     unsigned,
@@ -102,6 +106,8 @@ BAD_TOKENS: dict[str, Forger] = {
     "org_id not a uuid": lambda s, w: valid_token(s, w.a.tenant, org_id="*"),
     "exp not a number": lambda s, w: valid_token(s, w.a.tenant, exp="tomorrow"),
     "not valid yet (nbf)": lambda s, w: valid_token(s, w.a.tenant, nbf=int(time.time()) + 3600),
+    "gen not a number": lambda s, w: valid_token(s, w.a.tenant, gen="0"),
+    "gen a float": lambda s, w: valid_token(s, w.a.tenant, gen=0.5),
     "payload moved to the other org": lambda s, w: _tampered(
         valid_token(s, w.a.tenant), org_id=str(w.b.org_id)
     ),
@@ -215,15 +221,25 @@ async def test_a_token_that_expires_after_use_is_refused_everywhere_it_was_remem
 
 
 async def _revoke(engine: AsyncEngine, agent_id: uuid.UUID, how: str) -> None:
+    """Change the agent the way an operator would, straight in the database (the triggers do the rest)."""
+    agent = Agent.__table__
+    changes = {
+        "deactivated": agent.update().values(is_active=False),
+        "deleted": agent.delete(),
+        "given another role": agent.update().values(
+            role=case((agent.c.role == "admin", "agent"), else_="admin")
+        ),
+        "given a new password": agent.update().values(password_hash="scrypt$changed"),
+        "signed out everywhere": agent.update().values(token_generation=agent.c.token_generation + 1),
+    }
     async with async_sessionmaker(engine)() as session:
-        if how == "deactivated":
-            await session.execute(update(Agent).where(Agent.id == agent_id).values(is_active=False))
-        else:
-            await session.execute(delete(Agent).where(Agent.id == agent_id))
+        await session.execute(changes[how].where(agent.c.id == agent_id))
         await session.commit()
 
 
+# Agents who may no longer log in, and every change that makes a token's claims untrue.
 REVOCATIONS = ["deactivated", "deleted"]
+TOKEN_REVOCATIONS = [*REVOCATIONS, "given another role", "given a new password", "signed out everywhere"]
 
 
 @pytest.mark.parametrize("how", REVOCATIONS)
@@ -234,3 +250,143 @@ async def test_a_revoked_agent_cannot_log_in(served: Served, world: World, engin
     )
     assert_unauthorized(response, "login")
     assert "access_token" not in response.text
+
+
+# A revocation reaches a process that already trusts the token by Postgres NOTIFY: allow it a moment.
+PROPAGATION_S = 2.0
+
+
+async def _refused_soon(request: Callable[[], Awaitable[Any]], what: str) -> Any:
+    deadline = time.monotonic() + PROPAGATION_S
+    while True:
+        response = await request()
+        if response.status_code != 200 or time.monotonic() > deadline:
+            assert_unauthorized(response, what)
+            return response
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("how", TOKEN_REVOCATIONS)
+async def test_a_revoked_agents_token_is_refused_on_first_use(
+    served: Served, world: World, settings: Settings, engine: AsyncEngine, how: str
+):
+    """Issued before the change, presented for the first time after it: Postgres is asked, no waiting."""
+    token = valid_token(settings, world.a.tenant)
+    await _revoke(engine, world.a.tenant.agent.id, how)
+    response = await served.client.get(
+        f"{API}/conversations/{world.a.conversation_id}", headers=bearer(token)
+    )
+    assert_unauthorized(response, f"token of an agent {how}, first use")
+
+
+@pytest.mark.parametrize("how", TOKEN_REVOCATIONS)
+async def test_a_revoked_agents_remembered_token_is_refused(
+    served: Served, world: World, engine: AsyncEngine, how: str
+):
+    """Verified (and remembered by VerifiedTokens) before the change."""
+    token = await login(served.client, world.a.tenant.agent.email)
+    path = f"{API}/conversations/{world.a.conversation_id}"
+    assert (await served.client.get(path, headers=bearer(token))).status_code == 200
+    await _revoke(engine, world.a.tenant.agent.id, how)
+    await _refused_soon(lambda: served.client.get(path, headers=bearer(token)), f"remembered, {how}")
+    # ... and stays refused, for writes too.
+    assert_unauthorized(await served.client.post(f"{path}/read", headers=bearer(token)), f"write, {how}")
+
+
+@pytest.mark.parametrize("how", TOKEN_REVOCATIONS)
+async def test_a_revoked_agents_token_is_refused_by_the_fast_path(
+    served: Served, world: World, engine: AsyncEngine, how: str
+):
+    client, fast = served.client, served.asgi
+    token = await login(client, world.a.tenant.agent.email)
+    await prime_fast_path(fast, client, history(world.a.conversation_id), token)
+    await _revoke(engine, world.a.tenant.agent.id, how)
+    served_before = fast.served
+    await _refused_soon(
+        lambda: client.get(history(world.a.conversation_id), headers=bearer(token)), f"fast path, {how}"
+    )
+    # What the fast path answered while the revocation travelled (at most PROPAGATION_S), then nothing.
+    served_after = fast.served
+    assert_unauthorized(await client.get(history(world.a.conversation_id), headers=bearer(token)), how)
+    assert fast.served == served_after
+    print(f"fast path answered {served_after - served_before} request(s) after the agent was {how}")
+
+
+async def test_a_new_login_after_the_change_works_and_the_old_token_stays_refused(
+    served: Served, world: World, engine: AsyncEngine
+):
+    client = served.client
+    path = f"{API}/conversations/{world.a.conversation_id}"
+    old = await login(client, world.a.tenant.agent.email)
+    assert (await client.get(path, headers=bearer(old))).status_code == 200
+    await _revoke(engine, world.a.tenant.agent.id, "signed out everywhere")
+    await _refused_soon(lambda: client.get(path, headers=bearer(old)), "old token")
+    new = await login(client, world.a.tenant.agent.email)
+    assert (await client.get(path, headers=bearer(new))).status_code == 200
+    assert_unauthorized(await client.get(path, headers=bearer(old)), "old token after a new login")
+
+
+async def test_reactivating_an_agent_does_not_bring_old_tokens_back(
+    served: Served, world: World, engine: AsyncEngine, settings: Settings
+):
+    agent_id = world.a.tenant.agent.id
+    old = await login(served.client, world.a.tenant.agent.email)
+    await _revoke(engine, agent_id, "deactivated")
+    async with async_sessionmaker(engine)() as session:
+        await session.execute(Agent.__table__.update().values(is_active=True).where(Agent.id == agent_id))
+        await session.commit()
+    path = f"{API}/conversations/{world.a.conversation_id}"
+    await _refused_soon(lambda: served.client.get(path, headers=bearer(old)), "token from before")
+    fresh = await login(served.client, world.a.tenant.agent.email)
+    assert (await served.client.get(path, headers=bearer(fresh))).status_code == 200
+
+
+@pytest.mark.parametrize("how", REVOCATIONS)
+async def test_a_revoked_agent_cannot_open_a_socket(
+    processes: list[ApiProcess], world: World, engine: AsyncEngine, settings: Settings, how: str
+):
+    process = processes[0]
+    token = valid_token(settings, world.a.tenant)
+    assert (await ws_outcome(process.ws_url, token))[1] != CLOSE_UNAUTHORIZED  # remembered by the process
+    await _revoke(engine, world.a.tenant.agent.id, how)
+    deadline = time.monotonic() + PROPAGATION_S
+    while (outcome := await ws_outcome(process.ws_url, token)) != ([], CLOSE_UNAUTHORIZED):
+        assert time.monotonic() < deadline, f"a {how} agent still opens sockets: {outcome}"
+        await asyncio.sleep(0.02)
+    # A process that never saw the token asks Postgres: refused at once.
+    assert await ws_outcome(processes[1].ws_url, token) == ([], CLOSE_UNAUTHORIZED)
+
+
+@pytest.mark.parametrize("how", TOKEN_REVOCATIONS)
+async def test_a_revoked_agents_open_socket_is_closed_and_gets_no_more_messages(
+    processes: list[ApiProcess], world: World, engine: AsyncEngine, client: Client, how: str
+):
+    """The socket was opened before the change; the next message of the org must not reach it."""
+    first, second = processes
+    a: Org = world.a
+    token = await login(client, a.tenant.agent.email)
+    socket = await WsClient.connect(first.ws_url, token)
+    assert (await socket.recv_json())["type"] == "ready"
+    await socket.send_json({"type": "subscribe", "conversation_id": str(a.conversation_id)})
+    assert (await socket.recv_json())["type"] == "replay.done"
+
+    await _revoke(engine, a.tenant.agent.id, how)
+    text = f"{a.marker} after the agent was {how}"
+    await post_evolution_text(second, a, f"R{uuid.uuid4().hex[:12].upper()}", text)
+    received = await _frames_until_closed_or(socket, text)
+    assert not any(text in str(frame) for frame in received), f"an agent {how} got {received}"
+    assert socket.close_code == CLOSE_UNAUTHORIZED
+
+
+async def _frames_until_closed_or(socket: WsClient, text: str) -> list[Any]:
+    """Frames until the server closes the socket or a frame carrying `text` arrives (5 s at most)."""
+    frames: list[Any] = []
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                frames.append(await socket.recv_json())
+                if text in str(frames[-1]):
+                    await socket.close()
+                    return frames
+    except (ConnectionClosed, TimeoutError):
+        return frames

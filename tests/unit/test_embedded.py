@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,11 +34,19 @@ async def _select_one(url: str) -> int:
         await conn.close()
 
 
-def test_embedded_servers_start_serve_and_vanish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """Not pytest's tmp_path: the server's own OS user must traverse to it, and every pytest session on the
+    machine resets /tmp/pytest-of-<user> to mode 0700."""
+    with tempfile.TemporaryDirectory(prefix="crm-embedded-test-") as tmp:
+        yield Path(tmp)
+
+
+def test_embedded_servers_start_serve_and_vanish(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
 
-    with dev_services(tmp_path, ephemeral=True) as urls:
+    with dev_services(state_dir, ephemeral=True) as urls:
         assert (urls.embedded_postgres, urls.embedded_redis) == (True, True)
         assert urls.database_url.startswith("postgresql+asyncpg://postgres@127.0.0.1:")
         assert urls.database_url.endswith("/crm")
@@ -55,7 +65,7 @@ def test_embedded_servers_start_serve_and_vanish(tmp_path: Path, monkeypatch: py
 
     assert _port_refuses(urls.database_url)
     assert _port_refuses(urls.redis_url)
-    assert list(tmp_path.iterdir()) == []
+    assert list(state_dir.iterdir()) == []
 
 
 def test_urls_from_environment_pass_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

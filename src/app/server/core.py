@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
     EngineConfig,
@@ -21,11 +22,13 @@ from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsPlugin
+from litestar.types import BeforeMessageSendHookHandler, Message, Scope
 from redis.asyncio import Redis
 
 from app.config import Settings, get_settings
 from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
 from app.domain.accounts.controllers import AuthController
+from app.domain.accounts.revocations import TokenRevocations, asyncpg_dsn
 from app.domain.accounts.throttle import LoginThrottle
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
@@ -41,7 +44,7 @@ from app.domain.stats.controllers import StatsController
 from app.domain.stats.health import HealthController
 from app.domain.stats.process import ProcessSnapshots
 from app.lib.dbstats import count_queries
-from app.lib.errors import problem_details_config, server_error_handlers
+from app.lib.errors import is_database_unavailable, problem_details_config, server_error_handlers
 from app.lib.jobs import ArqPlugin, JobQueue
 from app.lib.logging import outermost_request_ids, structlog_plugin
 from app.lib.metrics import metrics_route, prometheus_config
@@ -49,15 +52,37 @@ from app.lib.redaction import redact_server_logs
 from app.server.fastpath import CachedPageFastPath
 from app.server.signals import close_sockets_on_sigterm
 
+log = structlog.get_logger()
+
 # Ordinary JSON requests are small; only webhooks may carry inline base64 media.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+REVOCATIONS_STARTUP_WAIT_S = 3.0
+
+
+def tolerating_lost_connections(close_session: BeforeMessageSendHookHandler) -> BeforeMessageSendHookHandler:
+    """advanced-alchemy's hook closes the request's session as the answer starts. A connection the database
+    dropped after the handler had its data (Postgres shutting down) makes that close fail; the answer must
+    still go out as it was, not as a 500: the rollback has nothing left to undo, and the pool discards the
+    connection."""
+
+    async def handler(message: Message, scope: Scope) -> None:
+        try:
+            closing = close_session(message, scope)
+            if closing is not None:
+                await closing
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            log.warning("request session closed on a lost connection", error=type(exc).__name__)
+
+    return handler
 
 
 def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     connect_args: dict[str, Any] = {"server_settings": {"application_name": "whatsapp-crm"}}
     if settings.db.statement_cache_size is not None:
         connect_args["statement_cache_size"] = settings.db.statement_cache_size
-    return SQLAlchemyAsyncConfig(
+    config = SQLAlchemyAsyncConfig(
         connection_string=settings.db.url,
         engine_config=EngineConfig(
             pool_size=settings.db.pool_size,
@@ -72,9 +97,12 @@ def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
         session_config=AsyncSessionConfig(expire_on_commit=False),
         session_dependency_key="db_session",
         # Services commit explicitly; the stock autocommit handler would swallow a failed commit.
-        before_send_handler=None,
+        before_send_handler=None,  # advanced-alchemy's closing hook, wrapped below
         create_all=False,
     )
+    assert callable(config.before_send_handler)  # resolved by __post_init__
+    config.before_send_handler = tolerating_lost_connections(config.before_send_handler)
+    return config
 
 
 def create_asgi(settings: Settings | None = None) -> CachedPageFastPath:
@@ -88,14 +116,21 @@ def create_asgi(settings: Settings | None = None) -> CachedPageFastPath:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     redact_server_logs()
-    verified_tokens = VerifiedTokens()
-    jwt_auth = build_jwt_auth(settings, verified_tokens)
-    token_issuer = TokenIssuer(jwt_auth, settings.auth.token_ttl_seconds)
     redis = Redis.from_url(settings.redis.url)
     prefix = settings.redis.key_prefix
     database = sqlalchemy_config(settings)
     sessions = database.create_session_maker()
     count_queries(database.get_engine())
+    revocations = TokenRevocations(
+        database.get_engine(),
+        asyncpg_dsn(settings.db.listen_url or settings.db.url),
+        token_ttl_s=settings.auth.token_ttl_seconds,
+        check_interval_s=settings.auth.revocation_check_s,
+        statement_cache_size=settings.db.statement_cache_size,
+    )
+    verified_tokens = VerifiedTokens(revocations)
+    jwt_auth = build_jwt_auth(settings, verified_tokens)
+    token_issuer = TokenIssuer(settings.auth)
     page_cache = PageCache(redis, CacheKeys(prefix), settings.cache)
     pages = PageReader(page_cache, sessions)
     media_storage = MediaStorage.from_url(settings.media.storage_url)
@@ -103,19 +138,25 @@ def create_app(settings: Settings | None = None) -> Litestar:
     jobs = JobQueue(settings.redis.url, prefix)
     hub = Hub(settings.redis.url, prefix, History(sessions), settings.realtime, cache=page_cache)
     snapshots = ProcessSnapshots(redis, prefix, hub, page_cache)
+    revocations.on_revoked(hub.close_revoked)
 
     @asynccontextmanager
     async def realtime_lifespan(_: Litestar) -> AsyncIterator[None]:
         hub.start()
-        publishing = asyncio.create_task(snapshots.run())
+        background = [asyncio.create_task(snapshots.run()), asyncio.create_task(revocations.run())]
+        # Answer knowing the recent revocations; with Postgres down, start anyway (see revocations.py).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(revocations.loaded.wait(), REVOCATIONS_STARTUP_WAIT_S)
         restore_signals = close_sockets_on_sigterm(hub)
         try:
             yield
         finally:
             restore_signals()
-            publishing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publishing
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await hub.stop()
             await redis.aclose()
 
@@ -150,6 +191,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "pages": Provide(lambda: pages, use_cache=True, sync_to_thread=False),
             "media_storage": Provide(lambda: media_storage, use_cache=True, sync_to_thread=False),
             "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
+            "verified_tokens": Provide(lambda: verified_tokens, use_cache=True, sync_to_thread=False),
             "snapshots": Provide(lambda: snapshots, use_cache=True, sync_to_thread=False),
         },
         plugins=[

@@ -1,6 +1,7 @@
 """All models, imported here so Alembic and the ORM registry see every table."""
 
 from app.db.models.agent import Agent, AgentRole
+from app.db.models.agent_revocation import DELETED_GENERATION, AgentRevocation
 from app.db.models.base import Base, metadata
 from app.db.models.contact import Contact
 from app.db.models.conversation import Conversation, ConversationStatus
@@ -10,7 +11,9 @@ from app.db.models.message import Message
 from app.db.models.organization import Organization
 
 __all__ = [
+    "DELETED_GENERATION",
     "Agent",
+    "AgentRevocation",
     "AgentRole",
     "Base",
     "Contact",

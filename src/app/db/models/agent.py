@@ -3,7 +3,7 @@ from __future__ import annotations
 import enum
 from uuid import UUID
 
-from sqlalchemy import Boolean, ForeignKey, String
+from sqlalchemy import Boolean, ForeignKey, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.models.base import Base, str_enum
@@ -28,3 +28,6 @@ class Agent(Base):
         default=AgentRole.AGENT,
     )
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Carried by every access token; a trigger bumps it whenever what a token claims stops being true (see
+    # AgentRevocation), which refuses every token issued before.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))

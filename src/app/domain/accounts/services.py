@@ -44,6 +44,16 @@ class AgentService(SQLAlchemyAsyncRepositoryService[Agent]):
             )
         )
 
+    async def set_active(self, email: str, active: bool) -> Agent:
+        """Deactivating refuses every token the agent holds, on every process (migration 0005's trigger)."""
+        agent = await self.get_one(email=email.strip().lower())
+        return await self.update({"is_active": active}, item_id=agent.id)
+
+    async def sign_out_everywhere(self, email: str) -> Agent:
+        """Refuse every token issued to the agent so far; the next login works as usual."""
+        agent = await self.get_one(email=email.strip().lower())
+        return await self.update({"token_generation": agent.token_generation + 1}, item_id=agent.id)
+
     async def authenticate(self, email: str, password: str) -> Agent | None:
         """The agent with these credentials, or None; as slow for an unknown e-mail as for a bad password."""
         agent = await self.get_one_or_none(email=email.strip().lower())

@@ -117,13 +117,14 @@ class Connection:
         if self.closing is None:
             await self.queue.put(encode(frame))
 
-    def close_soon(self, code: int, reason: str, *, resync: bool = False) -> None:
+    def close_soon(self, code: int, reason: str, *, resync: bool = False, drop_queued: bool = False) -> None:
         """Tell the client why and close. With a resync, what is queued is dropped (the client reloads
-        anyway); otherwise it goes out first — e.g. the `rate_limited` warning before a flooding close."""
+        anyway), as it is when the client may no longer see it (`drop_queued`: a revoked token); otherwise
+        it goes out first — e.g. the `rate_limited` warning before a flooding close."""
         if self.closing is not None:
             return
         self.closing = (code, reason)
-        if resync or self.queue.full():
+        if resync or drop_queued or self.queue.full():
             while not self.queue.empty():
                 self.queue.get_nowait()
         if reason == "slow consumer":

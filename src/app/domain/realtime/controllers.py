@@ -14,10 +14,9 @@ import structlog
 from litestar import WebSocket, get, websocket
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException
-from litestar.security.jwt import Token
 
 from app.config import Settings
-from app.domain.accounts.auth import AgentRequest, CurrentAgent, agent_from_token
+from app.domain.accounts.auth import AgentRequest, CurrentAgent, VerifiedTokens, verify_token
 from app.domain.conversations.reads import PageReader
 from app.domain.realtime.connection import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, Connection
 from app.domain.realtime.frames import CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES, Ready
@@ -26,7 +25,9 @@ from app.domain.realtime.hub import Hub
 log = structlog.get_logger()
 
 
-def _authenticate(socket: WebSocket, settings: Settings) -> tuple[CurrentAgent, float] | str:
+async def _authenticate(
+    socket: WebSocket, settings: Settings, tokens: VerifiedTokens
+) -> tuple[CurrentAgent, float] | str:
     """(agent, token expiry) or the reason to refuse."""
     token = socket.query_params.get("token")
     if not token:
@@ -34,10 +35,10 @@ def _authenticate(socket: WebSocket, settings: Settings) -> tuple[CurrentAgent, 
             return "userId is not accepted; pass the login token as ?token="
         return "missing token"
     try:
-        decoded = Token.decode(token, secret=settings.auth.jwt_secret, algorithm=settings.auth.algorithm)
-        return agent_from_token(decoded), decoded.exp.timestamp()
+        decoded, agent = await verify_token(token, settings, tokens)
     except NotAuthorizedException:
-        return "invalid or expired token"
+        return "invalid, expired or revoked token"
+    return agent, decoded.exp.timestamp()
 
 
 def _origin_allowed(socket: WebSocket, settings: Settings) -> bool:
@@ -49,13 +50,16 @@ def _origin_allowed(socket: WebSocket, settings: Settings) -> bool:
 
 @websocket("/ws", opt={"skip_auth": True})
 async def realtime_socket(
-    socket: WebSocket, settings: NamedDependency[Settings], hub: NamedDependency[Hub]
+    socket: WebSocket,
+    settings: NamedDependency[Settings],
+    hub: NamedDependency[Hub],
+    verified_tokens: NamedDependency[VerifiedTokens],
 ) -> None:
     await socket.accept()
     if not _origin_allowed(socket, settings):
         await socket.close(code=CLOSE_FORBIDDEN, reason="origin not allowed")
         return
-    authenticated = _authenticate(socket, settings)
+    authenticated = await _authenticate(socket, settings, verified_tokens)
     if isinstance(authenticated, str):
         await socket.close(code=CLOSE_UNAUTHORIZED, reason=authenticated)
         return

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from app.config import RealtimeSettings
 from app.domain.conversations.cache import PageCache
-from app.domain.realtime.connection import CLOSE_GOING_AWAY, Connection
+from app.domain.realtime.connection import CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED, Connection
 from app.domain.realtime.events import (
     Envelope,
     EventKind,
@@ -167,6 +167,13 @@ class Hub:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def close_revoked(self, agent_id: UUID, generation: int) -> None:
+        """An agent's tokens below `generation` were revoked: their open sockets must stop receiving now."""
+        for connection in tuple(self.connections):
+            agent = connection.agent
+            if agent.id == agent_id and agent.token_generation < generation:
+                connection.close_soon(CLOSE_UNAUTHORIZED, "token revoked", drop_queued=True)
 
     def close_all(self, code: int, reason: str) -> None:
         for connection in tuple(self.connections):
