@@ -7,11 +7,3 @@ import msgspec
 
 class Schema(msgspec.Struct, kw_only=True, omit_defaults=False):
     """Response and request bodies. Field names are the JSON names (snake_case)."""
-
-
-class Problem(Schema):
-    """RFC 9457 problem details, as every 4xx/5xx of this API answers (for the OpenAPI document)."""
-
-    status: int
-    title: str
-    detail: str | None = None

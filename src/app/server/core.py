@@ -48,6 +48,7 @@ from app.lib.errors import is_database_unavailable, problem_details_config, serv
 from app.lib.jobs import ArqPlugin, JobQueue
 from app.lib.logging import outermost_request_ids, structlog_plugin
 from app.lib.metrics import metrics_route, prometheus_config
+from app.lib.openapi import document_api
 from app.lib.redaction import redact_server_logs
 from app.server.fastpath import CachedPageFastPath
 from app.server.signals import close_sockets_on_sigterm
@@ -167,7 +168,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[WebhookController],
         request_max_body_size=settings.app.webhook_max_body_bytes,
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             AuthController,
             ConversationController,
@@ -217,3 +218,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         request_max_body_size=DEFAULT_MAX_BODY_BYTES,
     )
+    document_api(app, jwt_auth)  # errors as problem documents; the bearer requirement where JWT applies
+    return app

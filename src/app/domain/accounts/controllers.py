@@ -12,6 +12,7 @@ from app.domain.accounts.schemas import AgentOut, LoginRequest, LoginResponse
 from app.domain.accounts.services import AgentService
 from app.domain.accounts.throttle import throttle_logins
 from app.lib.deps import DbSession
+from app.lib.openapi import problems
 
 
 class AuthController(Controller):
@@ -23,6 +24,13 @@ class AuthController(Controller):
         status_code=200,
         summary="Exchange e-mail and password for a bearer token",
         guards=[throttle_logins],  # before the body is even parsed: a flood costs no scrypt
+        responses=problems(
+            400,
+            (401, "Wrong e-mail or password"),
+            413,
+            (429, "Too many login attempts from this client; retry after `Retry-After` seconds"),
+            503,
+        ),
     )
     async def login(
         self,

@@ -28,9 +28,11 @@ from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
 from app.lib.jobs import JobQueue
+from app.lib.openapi import problems
 from app.lib.pagination import ActivityCursor
 from app.workers.sending import send_job_id
 
+NOT_FOUND = (404, "No such conversation in your organisation")
 PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="page size, at most 100")]
 
 
@@ -41,7 +43,10 @@ class ConversationController(Controller):
     @get(
         "/conversations",
         summary="Conversations, most recent activity first (keyset paginated)",
-        responses={200: ResponseSpec(ConversationPage, description="A page of conversations")},
+        responses={
+            200: ResponseSpec(ConversationPage, description="A page of conversations"),
+            **problems((400, "A parameter does not validate, or the cursor is not one this API issued"), 503),
+        },
     )
     async def list_conversations(
         self,
@@ -61,7 +66,11 @@ class ConversationController(Controller):
         )
         return Response(body, media_type=MediaType.JSON)
 
-    @get("/conversations/{conversation_id:uuid}", summary="One conversation")
+    @get(
+        "/conversations/{conversation_id:uuid}",
+        summary="One conversation",
+        responses=problems(NOT_FOUND, 503),
+    )
     async def get_conversation(
         self,
         request: AgentRequest,
@@ -70,7 +79,12 @@ class ConversationController(Controller):
     ) -> ConversationOut:
         return await ConversationService(db_session).get_conversation(request.user.org_id, conversation_id)
 
-    @post("/conversations/{conversation_id:uuid}/read", status_code=200, summary="Mark a conversation read")
+    @post(
+        "/conversations/{conversation_id:uuid}/read",
+        status_code=200,
+        summary="Mark a conversation read",
+        responses=problems(NOT_FOUND, 503),
+    )
     async def mark_read(
         self,
         request: AgentRequest,
@@ -85,7 +99,12 @@ class ConversationController(Controller):
     @get(
         "/messages/{conversation_id:uuid}",
         summary="History: latest page, or before/after a seq",
-        responses={200: ResponseSpec(MessagePage, description="A window of history in ascending seq")},
+        responses={
+            200: ResponseSpec(MessagePage, description="A window of history in ascending seq"),
+            **problems(
+                (400, "A parameter does not validate, or before_seq and after_seq together"), NOT_FOUND, 503
+            ),
+        },
     )
     async def list_messages(
         self,
@@ -103,7 +122,19 @@ class ConversationController(Controller):
         )
         return Response(body, media_type=MediaType.JSON)
 
-    @post("/messages/{conversation_id:uuid}", summary="Send a text message (idempotent by client_message_id)")
+    @post(
+        "/messages/{conversation_id:uuid}",
+        summary="Send a text message (idempotent by client_message_id)",
+        response_description="Stored as pending; the worker sends it",
+        responses={
+            200: ResponseSpec(
+                MessageOut, description="A retry: the message first sent with this client_message_id"
+            ),
+            **problems(
+                400, NOT_FOUND, 413, (422, "The conversation's instance has no credentials to send"), 503
+            ),
+        },
+    )
     async def send_message(
         self,
         request: AgentRequest,

@@ -13,6 +13,7 @@ from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
 from app.lib.jobs import JobQueue
+from app.lib.openapi import problems
 
 
 class WebhookController(Controller):
@@ -21,7 +22,19 @@ class WebhookController(Controller):
     path = "/api/webhooks"
     tags = ["webhooks"]
 
-    @post("/{gateway:str}/{instance:str}", status_code=200, summary="Receive a gateway webhook")
+    @post(
+        "/{gateway:str}/{instance:str}",
+        status_code=200,
+        summary="Receive a gateway webhook",
+        responses=problems(
+            (400, "The body is not valid JSON"),
+            (401, "The instance's webhook secret or signature is missing or wrong"),
+            (404, "Unknown gateway or instance"),
+            (413, "The body is larger than WEBHOOK_MAX_BODY_BYTES"),
+            (422, "Not this gateway's payload shape, addressed to another account, or a field out of bounds"),
+            503,
+        ),
+    )
     async def receive(
         self,
         request: Request,
@@ -43,7 +56,17 @@ class WebhookController(Controller):
             ignored=result.ignored,
         )
 
-    @get("/{gateway:str}/{instance:str}", media_type="text/plain", summary="Cloud API subscription handshake")
+    @get(
+        "/{gateway:str}/{instance:str}",
+        media_type="text/plain",
+        summary="Cloud API subscription handshake",
+        responses=problems(
+            (400, "hub.challenge missing"),
+            (401, "hub.mode is not 'subscribe', or hub.verify_token is not the instance's"),
+            (404, "Not a Cloud API gateway, or an unknown instance"),
+            503,
+        ),
+    )
     async def cloudapi_handshake(
         self, request: Request, gateway: FromPath[str], instance: FromPath[str], db_session: DbSession
     ) -> str:

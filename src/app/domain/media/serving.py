@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 from uuid import UUID
 
@@ -22,10 +22,19 @@ from app.db.models import Media, MediaState
 from app.domain.conversations.schemas import media_url
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.lib.errors import problem
+from app.lib.schema import Schema
 
 CACHE_FOREVER = "private, max-age=31536000, immutable"
 _INLINE_KINDS = ("image/", "audio/", "video/")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+class PendingMedia(Schema):
+    """A 202's body: the file is still being fetched or processed; ask the same URL again."""
+
+    id: UUID
+    state: Literal["pending"]
+    url: str
 
 
 def content_disposition(media: Media, content_type: str) -> str:
@@ -52,7 +61,7 @@ class MediaFiles:
             raise problem(404, "media not found")
         if media.state is MediaState.PENDING:
             return Response(
-                {"id": str(media.id), "state": "pending", "url": media_url(media.id)},
+                PendingMedia(id=media.id, state="pending", url=media_url(media.id)),
                 status_code=202,
                 headers={"Retry-After": "2"},
             )

@@ -19,6 +19,7 @@ from app.domain.stats.service import (
     redis_layer_report,
 )
 from app.lib.deps import DbSession, RedisClient
+from app.lib.openapi import problems
 from app.lib.schema import Schema
 
 
@@ -42,7 +43,11 @@ class StatsController(Controller):
     tags = ["stats"]
     guards = [requires_admin]
 
-    @get("/stats", summary="Your organisation's figures; the deployment's for deployment admins")
+    @get(
+        "/stats",
+        summary="Your organisation's figures; the deployment's for deployment admins",
+        responses=problems((403, "Only admins see figures"), 503),
+    )
     async def stats(
         self,
         request: AgentRequest,

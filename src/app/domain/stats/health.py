@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
 
 from app.config import Settings
@@ -29,7 +30,11 @@ class HealthController(Controller):
     async def health(self) -> Health:
         return Health(status="ok")
 
-    @get("/ready", summary="Postgres and Redis answer and both workers reported recently; 503 otherwise")
+    @get(
+        "/ready",
+        summary="Postgres and Redis answer and both workers reported recently; 503 otherwise",
+        responses={503: ResponseSpec(Health, description="Not ready: the fields say which part is missing")},
+    )
     async def ready(
         self, db_session: DbSession, redis: RedisClient, settings: NamedDependency[Settings]
     ) -> Response[Health]:
