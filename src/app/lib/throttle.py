@@ -2,9 +2,9 @@
 rate-limit middleware reads and rewrites a history per request, and concurrent processes overwrite each
 other's counts). The login throttle and the webhook authentication throttle are both built on this.
 
-A window opens with the first counted event of an address and lasts a minute; past `per_minute` events the
-address is refused until the window's key expires (Retry-After says when). Fails open: with Redis down
-nothing is refused, so agents can log in and gateways deliver while Redis recovers.
+A window opens with the first counted event of an address and lasts a minute; once `per_minute` events
+are counted, the address is refused until the window's key expires (Retry-After says when). Fails open:
+with Redis down nothing is refused, so agents can log in and gateways deliver while Redis recovers.
 
 The address is the ASGI scope's client, which uvicorn (`proxy_headers`) rewrites from X-Forwarded-For only
 when the connection comes from FORWARDED_ALLOW_IPS: anyone else cannot pick the address they are counted as.
@@ -65,10 +65,18 @@ class ClientThrottle:
         return await self._run(self._peek, client, [])
 
     def refuse_if_over(self, window: Window | None) -> None:
-        if window is None or window.count <= self.per_minute:
-            return
+        """After `count`: refuse the event that went past the budget (and every one after it)."""
+        if window is not None and window.count > self.per_minute:
+            raise self._refused(window)
+
+    def refuse_if_spent(self, window: Window | None) -> None:
+        """After `current`: refuse once the budget is used up (the request at hand was not counted)."""
+        if window is not None and window.count >= self.per_minute:
+            raise self._refused(window)
+
+    def _refused(self, window: Window) -> TooManyRequestsException:
         reset = str(max(window.resets_in_s, 1))
-        raise TooManyRequestsException(
+        return TooManyRequestsException(
             self._refusal,
             headers={
                 "RateLimit-Limit": str(self.per_minute),

@@ -1,7 +1,7 @@
 """Webhook routes against secret guessing: failed verifications are counted per client address (shared by
-every API process, `app.lib.throttle`), and an address past WEBHOOK_AUTH_FAILURES_PER_MINUTE gets 429 on
-every webhook route until its minute passes, even with the right secret (else guessing would go on: the
-one right guess would still be told apart).
+every API process, `app.lib.throttle`); an address with WEBHOOK_AUTH_FAILURES_PER_MINUTE of them gets 429
+on every webhook route until its minute passes, even with the right secret (else guessing would go on:
+the one right guess would still be told apart).
 
 Only failures count: a verified gateway is never throttled, however much it sends (WPPConnect never
 retries, so a 429 to it would lose messages). A failure is a missing or wrong secret or signature, or an
@@ -32,7 +32,7 @@ class WebhookAuthThrottle:
         )
 
     async def refuse_if_over(self, client: str) -> None:
-        self._budget.refuse_if_over(await self._budget.current(client))
+        self._budget.refuse_if_spent(await self._budget.current(client))
 
     @asynccontextmanager
     async def counting_failures(self, client: str) -> AsyncIterator[None]:
