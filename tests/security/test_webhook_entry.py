@@ -224,8 +224,11 @@ async def live_app(settings: Settings) -> AsyncIterator[Litestar]:
 
 
 def padded(gateway: str, instance: WhatsAppInstance, message_id: str, size: int) -> bytes:
-    """A real webhook of about `size` bytes (whitespace after the JSON is still the same JSON)."""
+    """A real webhook of about `size` bytes (whitespace after the JSON is still the same JSON); Evolution's
+    carries the instance's own secret as its `apikey`."""
     body = text_body(gateway, instance, message_id)
+    if gateway == "evolution":
+        body = json.dumps(json.loads(body) | {"apikey": instance.webhook_secret}).encode()
     return body + b" " * (size - len(body))
 
 
@@ -247,6 +250,7 @@ async def forgeries_are_refused_unread_and_real_deliveries_read(
         (f"/api/webhooks/wppconnect/{wpp.name}", json_type, "", 401),
         (f"/api/webhooks/wppconnect/{wpp.name}", {**json_type, "x-webhook-secret": "guess"}, "", 401),
         (f"/api/webhooks/wppconnect/{wpp.name}", json_type, "token=guess", 401),
+        # A wrong secret outside the body decides, whatever the body's `apikey` (here the right one) says.
         (f"/api/webhooks/evolution/{evo.name}", {**json_type, "authorization": "Bearer guess"}, "", 401),
         (f"/api/webhooks/evolution/{evo.name}", json_type, "token=guess", 401),
         (f"/api/webhooks/cloudapi/{cloud.name}", json_type, "", 401),
@@ -279,10 +283,8 @@ async def forgeries_are_refused_unread_and_real_deliveries_read(
         instance = tenant.instance(gateway)
         body = padded(gateway, instance, f"REAL-{gateway}", size)
         expected_reads.append((gateway, signed_headers(gateway, body, instance), body, 200))
-    evolution_body = json.dumps(
-        json.loads(text_body("evolution", evo, "REAL-evolution")) | {"apikey": evo.webhook_secret}
-    ).encode()
-    expected_reads.append(("evolution", json_type, evolution_body + b" " * size, 200))  # secret in the body
+    # Evolution with no secret outside the body: its `apikey` is read, so the body is.
+    expected_reads.append(("evolution", json_type, padded("evolution", evo, "REAL-evolution", size), 200))
     forged_signature = {**json_type, "x-hub-signature-256": "sha256=" + "0" * 64}  # judged over the body
     expected_reads.append(("cloudapi", forged_signature, padded("cloudapi", cloud, "FORGED-SIG", size), 401))
     for gateway, headers, body, status in expected_reads:

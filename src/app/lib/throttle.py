@@ -26,11 +26,16 @@ log = structlog.get_logger()
 
 WINDOW_S = 60
 _REDIS_TIMEOUT_S = 0.5
-# INCR and EXPIRE together: the first event of a window sets its lifetime, and nothing can interleave.
+# INCR and EXPIRE together: the first event of a window sets its lifetime, and nothing can interleave. A key
+# without a lifetime (never left by this script) gets one too, rather than refusing its address for good.
 _COUNT = """
 local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return {count, redis.call('TTL', KEYS[1])}
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
 """
 _PEEK = """
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('TTL', KEYS[1])}
@@ -93,5 +98,5 @@ class ClientThrottle:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("throttle unavailable; not limiting", throttle=self._root, error=type(exc).__name__)
             return None
-        # TTL is -2 for a key that is gone (nothing counted) and never -1 (EXPIRE comes with the first INCR).
+        # TTL is -2 for a key that is gone (nothing counted).
         return Window(count=int(count), resets_in_s=max(int(ttl), 0))
