@@ -56,6 +56,7 @@ def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
         JWT_TTL_SECONDS=str(settings.auth.token_ttl_seconds),
         # All test logins come from 127.0.0.1 and count in the shared Redis; the limit has its own test.
         LOGIN_ATTEMPTS_PER_MINUTE="100000",
+        WEBHOOK_AUTH_FAILURES_PER_MINUTE=str(settings.auth.webhook_auth_failures_per_minute),
         WS_HEARTBEAT_SECONDS=str(rt.heartbeat_s),
         WS_QUEUE_SIZE=str(rt.queue_size),
         WS_MAX_FRAME_BYTES=str(rt.max_frame_bytes),

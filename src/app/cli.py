@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from app.config import get_settings
 from app.db.models import AgentRole, GatewayKind, Organization, WhatsAppInstance
 from app.domain.accounts.services import AgentService, OrganizationService
-from app.domain.gateways.instances import InstanceService, webhook_url
+from app.domain.gateways.instances import IncompleteInstance, InstanceService, webhook_url
 
 T = TypeVar("T")
 
@@ -162,14 +162,17 @@ def sign_out_agent(email: str, as_json: bool) -> None:
 @click.option("--verify-token", help="Cloud API GET handshake token (default: random)")
 @click.option("--api-base-url", help="gateway base URL for sending and media")
 @click.option("--api-token", help="gateway API token / Cloud API access token")
-@click.option("--phone-number-id", help="Cloud API phone number id")
+@click.option("--phone-number-id", help="Cloud API phone number id (required for Cloud API)")
 @click.option("--json", "as_json", is_flag=True)
 def create_instance(org_slug: str, gateway: str, name: str, as_json: bool, **options: str | None) -> None:
     async def work(session: AsyncSession) -> WhatsAppInstance:
         org = await _org_by_slug(session, org_slug)
-        return await InstanceService(session=session).create_instance(
-            org=org, gateway=GatewayKind(gateway), name=name, **options
-        )
+        try:
+            return await InstanceService(session=session).create_instance(
+                org=org, gateway=GatewayKind(gateway), name=name, **options
+            )
+        except IncompleteInstance as exc:
+            raise click.ClickException(str(exc)) from None
 
     _emit(instance_details(_run(work)), as_json)
 

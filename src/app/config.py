@@ -83,6 +83,9 @@ class AuthSettings:
     token_ttl_seconds: int = 8 * 3600
     algorithm: str = "HS256"
     login_attempts_per_minute: int = 10  # per client address, shared by all API processes (Redis)
+    # Failed webhook verifications (wrong/missing secret or signature, unknown instance) per client address;
+    # above it the address gets 429 on webhook routes until its minute passes. Verified traffic never counts.
+    webhook_auth_failures_per_minute: int = 30
     # Emails of the operators who may see deployment-wide figures (every org's); org admins see their own.
     deployment_admins: list[str] = field(default_factory=list)
     # How often each API process re-reads agent_revocations, in case a NOTIFY was missed.
@@ -208,6 +211,9 @@ class Settings:
                 token_ttl_seconds=_env_int("JWT_TTL_SECONDS", AuthSettings.token_ttl_seconds),
                 login_attempts_per_minute=_env_int(
                     "LOGIN_ATTEMPTS_PER_MINUTE", AuthSettings.login_attempts_per_minute
+                ),
+                webhook_auth_failures_per_minute=_env_int(
+                    "WEBHOOK_AUTH_FAILURES_PER_MINUTE", AuthSettings.webhook_auth_failures_per_minute
                 ),
                 deployment_admins=[email.lower() for email in _env_list("DEPLOYMENT_ADMINS", [])],
                 revocation_check_s=float(

@@ -67,6 +67,13 @@ def test_admin_bootstrap_prints_webhook_url_and_secret(cli: CliRunner):
         main, ["admin", "create-instance", "--org", "nope", "--gateway", "evolution", "--name", "x"]
     )
     assert unknown.exit_code != 0 and "no organisation" in unknown.output
+    # A Cloud API instance cannot tell its webhooks apart without its phone number id: refused, not created.
+    cloud = ["admin", "create-instance", "--org", slug, "--gateway", "cloudapi", "--name", f"{slug}-cloud"]
+    without = cli.invoke(main, cloud)
+    assert without.exit_code != 0 and "--phone-number-id" in without.output
+    assert run(cli, *cloud, "--phone-number-id", "106540352242922", "--json")["phone_number_id"] == (
+        "106540352242922"
+    )
     short = cli.invoke(
         main,
         ["admin", "create-agent", "--org", slug, "--email", "b@x.test", "--name", "B", "--password", "short"],

@@ -51,6 +51,8 @@ async def world(engine: AsyncEngine, session: AsyncSession, settings: Settings) 
 # secret) and present that token to the processes.
 LOGIN_LIMIT = 3
 WEBHOOK_LIMIT = 64 * 1024
+# Failed webhook verifications per address: the throttle's tests post from loopback addresses of their own.
+WEBHOOK_AUTH_LIMIT = 5
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +63,7 @@ def processes(settings: Settings) -> Iterator[list[ApiProcess]]:
     env = env_for(
         settings,
         LOGIN_ATTEMPTS_PER_MINUTE=str(LOGIN_LIMIT),
+        WEBHOOK_AUTH_FAILURES_PER_MINUTE=str(WEBHOOK_AUTH_LIMIT),
         WEBHOOK_MAX_BODY_BYTES=str(WEBHOOK_LIMIT),
         REDIS_KEY_PREFIX=f"crm-security-{secrets.token_hex(4)}",
         FORWARDED_ALLOW_IPS="192.0.2.1",

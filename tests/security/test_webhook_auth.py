@@ -326,3 +326,50 @@ async def test_the_cloudapi_handshake_needs_the_instances_verify_token(client: C
         response = await client.get(f"/api/webhooks/{gateway}/{other.name}", params=params)
         assert_refused(response, status=404)
         assert challenge not in response.text
+
+
+async def test_a_cloudapi_instance_without_a_phone_number_id_accepts_nothing(
+    client: Client, session: AsyncSession, engine: AsyncEngine
+):
+    """One Meta app secret signs the webhooks of all the app's numbers: without its phone number id an
+    instance could not tell its own from the others', so it refuses them all, saying what to configure."""
+    tenant = await create_tenant(session)
+    instance = tenant.instance("cloudapi")
+    other_number = text_body("cloudapi", await second_instance(session, tenant, "cloudapi"))
+    async with async_sessionmaker(engine)() as s:
+        await s.execute(
+            update(WhatsAppInstance).where(WhatsAppInstance.id == instance.id).values(phone_number_id=None)
+        )
+        await s.commit()
+    for body in (text_body("cloudapi", instance), other_number):
+        response = await post(
+            client, "cloudapi", instance.name, body, signed_headers("cloudapi", body, instance)
+        )
+        assert_refused(response, instance.webhook_secret, status=422)
+        assert "phone_number_id" in response.json()["detail"]
+    # Unsigned, the signature is what is refused: only the app secret's holder learns the configuration.
+    unsigned = await post(client, "cloudapi", instance.name, other_number, {})
+    assert_refused(unsigned, status=401)
+    assert "phone_number_id" not in unsigned.text
+    assert await row_counts(engine, tenant.org_id) == NOTHING
+
+
+async def test_a_cloudapi_payload_naming_no_phone_number_id_is_refused(
+    client: Client, session: AsyncSession, engine: AsyncEngine
+):
+    tenant = await create_tenant(session)
+    instance = tenant.instance("cloudapi")
+    for metadata in ({}, {"phone_number_id": ""}, None):
+        data = json.loads(text_body("cloudapi", instance))
+        value = data["entry"][0]["changes"][0]["value"]
+        if metadata is None:
+            del value["metadata"]
+        else:
+            value["metadata"] = metadata
+        body = json.dumps(data).encode()
+        response = await post(
+            client, "cloudapi", instance.name, body, signed_headers("cloudapi", body, instance)
+        )
+        assert_refused(response, status=422)
+        assert "phone_number_id" in response.json()["detail"]
+    assert await row_counts(engine, tenant.org_id) == NOTHING

@@ -14,7 +14,7 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.domain.gateways.base import WebhookRejected, WebhookUnauthorized
+from app.domain.gateways.base import WebhookRejected, WebhookTargetUnknown, WebhookUnauthorized
 from app.lib.pagination import InvalidCursor
 
 log = structlog.get_logger()
@@ -53,6 +53,10 @@ def _from_webhook_rejected(exc: WebhookRejected) -> ProblemDetailsException:
 
 def _from_webhook_unauthorized(exc: WebhookUnauthorized) -> ProblemDetailsException:
     return problem(401, exc.detail)
+
+
+def _from_webhook_target_unknown(exc: WebhookTargetUnknown) -> ProblemDetailsException:
+    return problem(404, exc.detail)
 
 
 def _from_invalid_cursor(exc: InvalidCursor) -> ProblemDetailsException:
@@ -103,6 +107,7 @@ problem_details_config = ProblemDetailsConfig(
         NotFoundError: _from_not_found,
         WebhookRejected: _from_webhook_rejected,
         WebhookUnauthorized: _from_webhook_unauthorized,
+        WebhookTargetUnknown: _from_webhook_target_unknown,
         InvalidCursor: _from_invalid_cursor,
     },
 )

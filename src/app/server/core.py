@@ -34,6 +34,7 @@ from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
 from app.domain.conversations.reads import PageReader
 from app.domain.gateways.controllers import WebhookController
+from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
 from app.domain.media.controllers import MediaController
 from app.domain.media.storage import MediaStorage
 from app.domain.realtime.controllers import realtime_socket, websocket_info
@@ -182,7 +183,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         middleware=[prometheus_config().middleware],
         state=State(
-            {"page_cache": page_cache, "verified_tokens": verified_tokens, "login_throttle": login_throttle}
+            {
+                "page_cache": page_cache,
+                "verified_tokens": verified_tokens,
+                "login_throttle": login_throttle,
+                "webhook_throttle": WebhookAuthThrottle(
+                    redis, prefix, settings.auth.webhook_auth_failures_per_minute
+                ),
+            }
         ),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),

@@ -26,6 +26,14 @@ class WebhookUnauthorized(Exception):
         self.detail = detail
 
 
+class WebhookTargetUnknown(Exception):
+    """No such gateway, or no active instance of that name. Maps to 404."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceCredentials:
     """What verification needs to know about the receiving instance (loaded from the database)."""
@@ -38,16 +46,30 @@ class InstanceCredentials:
 
 
 @dataclass(frozen=True, slots=True)
-class WebhookRequest:
-    """The parts of an HTTP request an adapter may look at. Header names are lower-case."""
+class WebhookHead:
+    """What arrives before the body: enough to refuse most forgeries without reading (up to
+    WEBHOOK_MAX_BODY_BYTES of) upload. Header names are lower-case."""
 
-    body: bytes
     headers: Mapping[str, str]
     query: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookRequest(WebhookHead):
+    """The parts of an HTTP request an adapter may look at, body included."""
+
+    body: bytes
+
+
 class GatewayAdapter(Protocol):
     kind: str  # "wppconnect" | "evolution" | "cloudapi"
+
+    def verify_head(self, head: WebhookHead, instance: InstanceCredentials) -> bool:
+        """Verify what headers and query allow, before the body is read.
+
+        Raise WebhookUnauthorized to refuse. True: the request is verified and `verify` need not run;
+        False: the credential is in, or over, the body, and `verify` must decide once it is read.
+        """
 
     def verify(self, request: WebhookRequest, instance: InstanceCredentials) -> None:
         """Raise WebhookUnauthorized unless the request provably comes from the gateway of this instance.

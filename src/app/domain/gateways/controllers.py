@@ -4,23 +4,27 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from app.domain.gateways.base import WebhookRequest
+from app.domain.gateways.base import WebhookHead
 from app.domain.gateways.cloudapi.webhook import verify_subscription
 from app.domain.gateways.instances import credentials_of
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.gateways.service import WebhookService
+from app.domain.gateways.webhook_throttle import refuse_throttled_clients, webhook_throttle_of
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
 from app.lib.jobs import JobQueue
 from app.lib.openapi import problems
+from app.lib.throttle import client_address
 
 
 class WebhookController(Controller):
-    """Gateways post here. Not behind JWT: each request is verified by its instance's secret or signature."""
+    """Gateways post here. Not behind JWT: each request is verified by its instance's secret or signature;
+    addresses that fail verification too often are refused for a while (`webhook_throttle`)."""
 
     path = "/api/webhooks"
     tags = ["webhooks"]
+    guards = [refuse_throttled_clients]
 
     @post(
         "/{gateway:str}/{instance:str}",
@@ -32,6 +36,7 @@ class WebhookController(Controller):
             (404, "Unknown gateway or instance"),
             (413, "The body is larger than WEBHOOK_MAX_BODY_BYTES"),
             (422, "Not this gateway's payload shape, addressed to another account, or a field out of bounds"),
+            (429, "Too many failed verifications from this address lately (Retry-After)"),
             503,
         ),
     )
@@ -44,10 +49,12 @@ class WebhookController(Controller):
         publisher: NamedDependency[EventPublisher],
         jobs: NamedDependency[JobQueue],
     ) -> WebhookAck:
-        webhook = WebhookRequest(
-            body=await request.body(), headers=request.headers, query=dict(request.query_params)
-        )
-        result = await WebhookService(db_session, publisher, jobs).receive(gateway, instance, webhook)
+        # No body parameter: the service reads it (request.body) only once the headers let it.
+        head = WebhookHead(headers=request.headers, query=dict(request.query_params))
+        async with webhook_throttle_of(request).counting_failures(client_address(request)):
+            result = await WebhookService(db_session, publisher, jobs).receive(
+                gateway, instance, head, request.body
+            )
         return WebhookAck(
             status="ok",
             created=len(result.created),
@@ -64,6 +71,7 @@ class WebhookController(Controller):
             (400, "hub.challenge missing"),
             (401, "hub.mode is not 'subscribe', or hub.verify_token is not the instance's"),
             (404, "Not a Cloud API gateway, or an unknown instance"),
+            (429, "Too many failed verifications from this address lately (Retry-After)"),
             503,
         ),
     )
@@ -73,5 +81,6 @@ class WebhookController(Controller):
         # Same path as the POST (a static "cloudapi" segment would shadow it); only Cloud API has a handshake.
         if gateway != "cloudapi":
             raise problem(404, f"no GET handshake for gateway '{gateway}'")
-        found = await WebhookService(db_session).find_instance(gateway, instance)
-        return verify_subscription(dict(request.query_params), credentials_of(found))
+        async with webhook_throttle_of(request).counting_failures(client_address(request)):
+            found = await WebhookService(db_session).find_instance(gateway, instance)
+            return verify_subscription(dict(request.query_params), credentials_of(found))

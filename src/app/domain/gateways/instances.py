@@ -15,6 +15,10 @@ from app.db.models import GatewayKind, Organization, WhatsAppInstance
 from app.domain.gateways.base import InstanceCredentials
 
 
+class IncompleteInstance(ValueError):
+    """An instance that could not safely receive webhooks as configured."""
+
+
 class InstanceService(SQLAlchemyAsyncRepositoryService[WhatsAppInstance]):
     class Repository(SQLAlchemyAsyncRepository[WhatsAppInstance]):
         model_type = WhatsAppInstance
@@ -33,6 +37,10 @@ class InstanceService(SQLAlchemyAsyncRepositoryService[WhatsAppInstance]):
         api_token: str | None = None,
         phone_number_id: str | None = None,
     ) -> WhatsAppInstance:
+        if gateway is GatewayKind.CLOUDAPI and not (phone_number_id or "").strip():
+            # One Meta app secret signs the webhooks of all the app's numbers: the phone number id is what
+            # tells this instance's apart (the webhook refuses an instance without one).
+            raise IncompleteInstance("a Cloud API instance needs its phone number id (--phone-number-id)")
         return await self.create(
             WhatsAppInstance(
                 org_id=org.id,

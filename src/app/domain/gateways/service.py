@@ -1,8 +1,13 @@
-"""Receiving a webhook: find the instance, verify, parse, apply in one transaction, commit."""
+"""Receiving a webhook: find the instance, verify, parse, apply in one transaction, commit.
+
+The body is read only once the instance is found and what headers and URL can prove is verified, so a
+forgery with a wrong or missing header secret, or for an unknown instance, costs no upload.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 from sqlalchemy.exc import DBAPIError
@@ -10,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import GatewayKind
 from app.domain.conversations.ingest import IngestResult, IngestService
-from app.domain.gateways.base import WebhookRequest
+from app.domain.gateways.base import WebhookHead, WebhookRequest, WebhookTargetUnknown
 from app.domain.gateways.events import GatewayEvent, IgnoredEvent
 from app.domain.gateways.instances import ReceivingInstance, credentials_of, find_receiving_instance
 from app.domain.gateways.registry import get_adapter
@@ -33,12 +38,30 @@ def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
 
 
+def _refuse_unconfigured(instance: ReceivingInstance) -> None:
+    """A Cloud API instance without a phone number id could not tell its webhooks from those of the Meta
+    app's other numbers (one app secret signs them all): it accepts nothing until configured. Checked after
+    the signature, so only Meta (or whoever holds the app secret) learns it."""
+    if instance.gateway is GatewayKind.CLOUDAPI and not instance.phone_number_id:
+        raise problem(
+            422,
+            "this Cloud API instance has no phone_number_id configured, so it cannot tell its webhooks from "
+            "those of the app's other numbers; configure the instance's phone_number_id",
+        )
+
+
 def _reject_foreign_accounts(instance: ReceivingInstance, events: list[GatewayEvent]) -> None:
     """A payload naming another gateway account is refused whole: one instance's secret must not let its
-    holder write into a conversation of another instance (or another organisation)."""
+    holder write into a conversation of another instance (or another organisation).
+
+    A Cloud API app secret signs the webhooks of every phone number of the Meta app, so the phone number id
+    is what tells them apart: a Cloud API event must name the instance's.
+    """
+    if instance.gateway is GatewayKind.CLOUDAPI and any(
+        not isinstance(e, IgnoredEvent) and not e.account for e in events
+    ):
+        raise problem(422, "payload names no metadata.phone_number_id")
     expected = instance.phone_number_id if instance.gateway is GatewayKind.CLOUDAPI else instance.name
-    if not expected:
-        return
     foreign = sorted(
         {e.account for e in events if not isinstance(e, IgnoredEvent) and e.account and e.account != expected}
     )
@@ -58,18 +81,32 @@ class WebhookService:
         try:
             kind = GatewayKind(gateway)
         except ValueError:
-            raise problem(404, f"unknown gateway '{gateway}'") from None
+            raise WebhookTargetUnknown(f"unknown gateway '{gateway}'") from None
         instance = await find_receiving_instance(self.session, kind, instance_name)
+        # The lookup's transaction ends here: its connection goes back to the pool instead of waiting on
+        # an upload (a slow body must not hold a database connection).
+        await self.session.rollback()
         if instance is None:
-            raise problem(404, f"unknown {gateway} instance '{instance_name}'")
+            raise WebhookTargetUnknown(f"unknown {gateway} instance '{instance_name}'")
         return instance
 
-    async def receive(self, gateway: str, instance_name: str, request: WebhookRequest) -> IngestResult:
+    async def receive(
+        self,
+        gateway: str,
+        instance_name: str,
+        head: WebhookHead,
+        read_body: Callable[[], Awaitable[bytes]],
+    ) -> IngestResult:
         adapter = get_adapter(gateway)
         if adapter is None:
-            raise problem(404, f"unknown gateway '{gateway}'")
+            raise WebhookTargetUnknown(f"unknown gateway '{gateway}'")
         instance = await self.find_instance(gateway, instance_name)
-        adapter.verify(request, credentials_of(instance))
+        credentials = credentials_of(instance)
+        verified = adapter.verify_head(head, credentials)
+        request = WebhookRequest(headers=head.headers, query=head.query, body=await read_body())
+        if not verified:
+            adapter.verify(request, credentials)
+        _refuse_unconfigured(instance)
         events = adapter.parse(request.body)
         _reject_foreign_accounts(instance, events)
         org_id, instance_id = instance.org_id, instance.id

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from app.domain.gateways.base import WebhookRejected, WebhookRequest, WebhookUnauthorized
+from app.domain.gateways.base import WebhookHead, WebhookRejected, WebhookUnauthorized
 
 T = TypeVar("T")
 
@@ -96,7 +96,7 @@ def received_now() -> datetime:
     return datetime.now(tz=UTC)
 
 
-def header_value(request: WebhookRequest, name: str) -> str:
+def header_value(request: WebhookHead, name: str) -> str:
     """A header by lower-case name ("" when absent), whatever case the mapping's keys happen to have."""
     value = request.headers.get(name)
     if value is None:
@@ -104,7 +104,7 @@ def header_value(request: WebhookRequest, name: str) -> str:
     return value or ""
 
 
-def presented_secrets(request: WebhookRequest) -> list[str]:
+def presented_secrets(request: WebhookHead) -> list[str]:
     """Every place a per-instance shared secret may arrive in: X-Webhook-Secret, Bearer token, ?token=."""
     found = [header_value(request, "x-webhook-secret")]
     scheme, _, credentials = header_value(request, "authorization").strip().partition(" ")

@@ -12,7 +12,13 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from app.domain.gateways.base import InstanceCredentials, WebhookRejected, WebhookRequest, WebhookUnauthorized
+from app.domain.gateways.base import (
+    InstanceCredentials,
+    WebhookHead,
+    WebhookRejected,
+    WebhookRequest,
+    WebhookUnauthorized,
+)
 from app.domain.gateways.chat_ids import normalise_chat_id
 from app.domain.gateways.cloudapi.schemas import (
     CloudChange,
@@ -72,6 +78,11 @@ _Content = tuple[MessageType, str | None, MediaRef | None]  # type, text (or cap
 class CloudApiAdapter:
     kind: str = "cloudapi"
 
+    def verify_head(self, head: WebhookHead, instance: InstanceCredentials) -> bool:
+        # The signature is over the body: only its presence and form can be judged before reading it.
+        _signature_of(head, instance)
+        return False
+
     def verify(self, request: WebhookRequest, instance: InstanceCredentials) -> None:
         verify_signature(request, instance)
 
@@ -79,16 +90,22 @@ class CloudApiAdapter:
         return parse_webhook(body)
 
 
-def verify_signature(request: WebhookRequest, instance: InstanceCredentials) -> None:
-    """The body must be signed with the app secret (stored as the instance's webhook secret)."""
+def _signature_of(head: WebhookHead, instance: InstanceCredentials) -> str:
+    """The hex signature the request presents, refused unless present and well-formed."""
     if not instance.webhook_secret:
         raise WebhookUnauthorized("no app secret is configured for this instance")
-    header = header_value(request, SIGNATURE_HEADER).strip()
+    header = header_value(head, SIGNATURE_HEADER).strip()
     if not header:
         raise WebhookUnauthorized("X-Hub-Signature-256 missing")
     algorithm, _, signature = header.partition("=")
     if algorithm.lower() != "sha256" or not is_sha256_hex(signature):
         raise WebhookUnauthorized("X-Hub-Signature-256 malformed")
+    return signature
+
+
+def verify_signature(request: WebhookRequest, instance: InstanceCredentials) -> None:
+    """The body must be signed with the app secret (stored as the instance's webhook secret)."""
+    signature = _signature_of(request, instance)
     expected = hmac.new(instance.webhook_secret.encode(), request.body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected.encode(), signature.lower().encode()):
         raise WebhookUnauthorized("X-Hub-Signature-256 does not match the body")

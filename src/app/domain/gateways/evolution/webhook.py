@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.domain.gateways.base import InstanceCredentials, WebhookRequest
+from app.domain.gateways.base import InstanceCredentials, WebhookHead, WebhookRequest
 from app.domain.gateways.chat_ids import is_group, is_status_broadcast, normalise_chat_id
 from app.domain.gateways.events import (
     Direction,
@@ -71,12 +71,20 @@ _Content = tuple[MessageType, str | None, MediaRef | None]  # type, text (or cap
 class EvolutionAdapter:
     kind: str = "evolution"
 
+    def verify_head(self, head: WebhookHead, instance: InstanceCredentials) -> bool:
+        # A secret in a header or the URL decides alone (a wrong one is refused before any upload); only
+        # without one is the body's `apikey` read. An instance without a secret is refused either way.
+        presented = presented_secrets(head)
+        if presented or not instance.webhook_secret:
+            require_shared_secret(presented, instance.webhook_secret)
+            return True
+        return False
+
     def verify(self, request: WebhookRequest, instance: InstanceCredentials) -> None:
-        presented = presented_secrets(request)
+        if self.verify_head(request, instance):
+            return
         apikey = _body_apikey(request.body)
-        if apikey:
-            presented.append(apikey)
-        require_shared_secret(presented, instance.webhook_secret)
+        require_shared_secret([apikey] if apikey else [], instance.webhook_secret)
 
     def parse(self, body: bytes) -> list[GatewayEvent]:
         return parse_webhook(body)

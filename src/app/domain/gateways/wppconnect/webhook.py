@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.domain.gateways.base import InstanceCredentials, WebhookRequest
+from app.domain.gateways.base import InstanceCredentials, WebhookHead, WebhookRequest
 from app.domain.gateways.chat_ids import is_group, is_status_broadcast, normalise_chat_id
 from app.domain.gateways.events import (
     Direction,
@@ -84,8 +84,13 @@ _Content = tuple[MessageType, str | None, MediaRef | None]  # type, text (or cap
 class WppConnectAdapter:
     kind: str = "wppconnect"
 
+    def verify_head(self, head: WebhookHead, instance: InstanceCredentials) -> bool:
+        # The secret only ever travels in a header or the URL: the body never needs reading to verify.
+        require_shared_secret(presented_secrets(head), instance.webhook_secret)
+        return True
+
     def verify(self, request: WebhookRequest, instance: InstanceCredentials) -> None:
-        require_shared_secret(presented_secrets(request), instance.webhook_secret)
+        self.verify_head(request, instance)
 
     def parse(self, body: bytes) -> list[GatewayEvent]:
         return parse_webhook(body)

@@ -1,0 +1,298 @@
+"""The webhook entry point: addresses that keep failing verification are refused for a while (counted in Redis
+across processes), verified gateways never are, and a forgery the headers can already refuse costs no upload.
+
+The throttle cases run against real API processes (uvicorn's client address and proxy-header rule included),
+each from a loopback address of its own (127.0.0.x), so they neither see nor disturb each other's counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from litestar import Litestar
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.config import Settings
+from app.db.models import WhatsAppInstance
+from app.domain.gateways.base import WebhookUnauthorized
+from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
+from app.server.core import create_app
+from tests.factories import create_tenant
+from tests.process_rig import ApiProcess
+from tests.security.conftest import WEBHOOK_AUTH_LIMIT
+from tests.security.support import row_counts
+from tests.webhooks import fixture_for, signed_headers, with_message_id
+
+NOTHING = {"messages": 0, "conversations": 0, "contacts": 0, "media": 0}
+TEXT = {"wppconnect": "onmessage_text", "evolution": "v2_messages_upsert_text", "cloudapi": "inbound_text"}
+
+
+def text_body(gateway: str, instance: WhatsAppInstance, message_id: str) -> bytes:
+    data = with_message_id(gateway, fixture_for(gateway, TEXT[gateway], instance), message_id)
+    data.pop("apikey", None)  # Evolution's body secret: only where a case puts it
+    return json.dumps(data).encode()
+
+
+@asynccontextmanager
+async def from_address(address: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client whose connections leave from `address` (any 127.0.0.x reaches the loopback servers)."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(transport=transport, timeout=10.0, trust_env=False) as client:
+        yield client
+
+
+def assert_throttled(response: httpx.Response) -> None:
+    assert response.status_code == 429, (response.status_code, response.text[:300])
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == 429
+    assert 0 < int(response.headers["retry-after"]) <= 60
+
+
+# --- the throttle ------------------------------------------------------------------------------------------
+
+
+async def test_an_address_failing_verification_is_refused_even_with_the_right_secret(
+    processes: list[ApiProcess], session: AsyncSession, engine: AsyncEngine
+):
+    tenant = await create_tenant(session)
+    wpp, cloud = tenant.instance("wppconnect"), tenant.instance("cloudapi")
+    body = text_body("wppconnect", wpp, "THROTTLED1")
+    base = [process.base_url for process in processes]
+    guesses: list[tuple[str, dict[str, str], int]] = [  # (path, headers, expected refusal)
+        (f"/api/webhooks/wppconnect/{wpp.name}", {"x-webhook-secret": "guess"}, 401),
+        (f"/api/webhooks/wppconnect/{wpp.name}", {}, 401),
+        (f"/api/webhooks/wppconnect/guessed-{secrets.token_hex(3)}", {"x-webhook-secret": "guess"}, 404),
+        (f"/api/webhooks/cloudapi/{cloud.name}", {"x-hub-signature-256": "sha256=" + "0" * 64}, 401),
+    ]
+    async with from_address("127.0.0.2") as attacker:
+        for attempt in range(WEBHOOK_AUTH_LIMIT):  # spread over both processes: one shared count
+            path, headers, refusal = guesses[attempt % len(guesses)]
+            response = await attacker.post(f"{base[attempt % 2]}{path}", content=body, headers=headers)
+            assert response.status_code == refusal, (attempt, response.text)
+        for url in base:
+            # The right secret now: refused as well, else the one right guess would still stand out.
+            response = await attacker.post(
+                f"{url}/api/webhooks/wppconnect/{wpp.name}",
+                content=body,
+                headers=signed_headers("wppconnect", body, wpp),
+            )
+            assert_throttled(response)
+            assert wpp.webhook_secret not in response.text
+            # Forwarding headers from an untrusted peer change nothing (FORWARDED_ALLOW_IPS, as for logins).
+            for spoofed in ({"x-forwarded-for": "203.0.113.9"}, {"forwarded": "for=203.0.113.10"}):
+                headers = {**signed_headers("wppconnect", body, wpp), **spoofed}
+                assert_throttled(
+                    await attacker.post(
+                        f"{url}/api/webhooks/wppconnect/{wpp.name}", content=body, headers=headers
+                    )
+                )
+            handshake = {
+                "hub.mode": "subscribe",
+                "hub.verify_token": cloud.verify_token,
+                "hub.challenge": "42",
+            }
+            assert_throttled(
+                await attacker.get(f"{url}/api/webhooks/cloudapi/{cloud.name}", params=handshake)
+            )
+    assert await row_counts(engine, tenant.org_id) == NOTHING
+
+    async with from_address("127.0.0.3") as gateway:  # another address: its own budget, untouched
+        response = await gateway.post(
+            f"{base[0]}/api/webhooks/wppconnect/{wpp.name}",
+            content=body,
+            headers=signed_headers("wppconnect", body, wpp),
+        )
+        assert response.status_code == 200 and response.json()["created"] == 1, response.text
+
+
+async def test_verified_traffic_far_above_the_limit_is_never_throttled(
+    processes: list[ApiProcess], session: AsyncSession, engine: AsyncEngine
+):
+    tenant = await create_tenant(session)
+    gateways = ["wppconnect", "evolution", "cloudapi"]
+    sent = 0
+    async with from_address("127.0.0.4") as gateway:
+        for i in range(WEBHOOK_AUTH_LIMIT * 4):
+            kind = gateways[i % 3]
+            instance = tenant.instance(kind)
+            body = text_body(kind, instance, f"VERIFIED{i:04d}")
+            url = f"{processes[i % 2].base_url}/api/webhooks/{kind}/{instance.name}"
+            response = await gateway.post(url, content=body, headers=signed_headers(kind, body, instance))
+            assert response.status_code == 200, (i, response.text)
+            sent += 1
+            # Verified but unreadable: the body's fault, not a guess; it does not count either.
+            broken = await gateway.post(url, content=b"{", headers=signed_headers(kind, b"{", instance))
+            assert broken.status_code == 400, (i, broken.text)
+    assert (await row_counts(engine, tenant.org_id))["messages"] == sent
+
+
+async def test_with_redis_down_the_throttle_lets_everything_through(unused_tcp_port: int) -> None:
+    dead = Redis.from_url(f"redis://127.0.0.1:{unused_tcp_port}/0", socket_connect_timeout=0.2)
+    throttle = WebhookAuthThrottle(dead, "crm-dead", per_minute=1)
+    try:
+        for _ in range(3):
+            with pytest.raises(WebhookUnauthorized):  # the verification's own error, not Redis's
+                async with throttle.counting_failures("198.51.100.1"):
+                    raise WebhookUnauthorized("webhook secret does not match")
+            await throttle.refuse_if_over("198.51.100.1")  # no 429: fails open
+    finally:
+        await dead.aclose()
+
+
+# --- verification before the body --------------------------------------------------------------------------
+
+CHUNK = 64 * 1024
+
+
+@dataclass
+class Delivery:
+    status: int
+    answer: dict[str, Any]
+    chunks_read: int  # body chunks the app asked for
+    chunks_total: int
+    connections_while_reading: int | None  # database connections checked out when the body was first read
+
+
+async def deliver(
+    app: Litestar, path: str, headers: dict[str, str], body: bytes, query: str = ""
+) -> Delivery:
+    """One POST straight into the ASGI app, its body handed over a chunk at a time only when asked for."""
+    chunks = [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)] or [b""]
+    read = 0
+    connections: list[int] = []
+    pool = app.plugins.get(SQLAlchemyPlugin).config[0].get_engine().pool
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if read >= len(chunks):
+            return {"type": "http.disconnect"}
+        if read == 0:
+            connections.append(pool.checkedout())
+        read += 1
+        return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
+
+    started: dict[str, Any] = {}
+    parts: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            started.update(message)
+        elif message["type"] == "http.response.body":
+            parts.append(message.get("body", b""))
+
+    raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw_headers += [(b"host", b"test"), (b"content-length", str(len(body)).encode())]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query.encode(),
+        "headers": raw_headers,
+        "client": ("192.0.2.50", 40000),
+        "server": ("test", 80),
+    }
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    answer = json.loads(b"".join(parts) or b"{}")
+    return Delivery(started["status"], answer, read, len(chunks), connections[0] if connections else None)
+
+
+@asynccontextmanager
+async def live_app(settings: Settings) -> AsyncIterator[Litestar]:
+    """The app with its lifespan run in the caller's task (a fixture's teardown runs in another one)."""
+    # No catch-up queries in the background: the pool's count must be the request's alone.
+    quiet = dataclasses.replace(
+        settings, realtime=dataclasses.replace(settings.realtime, catch_up_interval_s=3600)
+    )
+    app = create_app(quiet)
+    async with app.lifespan():
+        yield app
+
+
+def padded(gateway: str, instance: WhatsAppInstance, message_id: str, size: int) -> bytes:
+    """A real webhook of about `size` bytes (whitespace after the JSON is still the same JSON); Evolution's
+    carries the instance's own secret as its `apikey`."""
+    body = text_body(gateway, instance, message_id)
+    if gateway == "evolution":
+        body = json.dumps(json.loads(body) | {"apikey": instance.webhook_secret}).encode()
+    return body + b" " * (size - len(body))
+
+
+async def test_a_forgery_the_headers_refuse_is_answered_without_reading_the_body(
+    settings: Settings, session: AsyncSession, engine: AsyncEngine
+):
+    async with live_app(settings) as app:
+        await forgeries_are_refused_unread_and_real_deliveries_read(app, session, engine)
+
+
+async def forgeries_are_refused_unread_and_real_deliveries_read(
+    app: Litestar, session: AsyncSession, engine: AsyncEngine
+) -> None:
+    tenant = await create_tenant(session)
+    wpp, evo, cloud = (tenant.instance(g) for g in ("wppconnect", "evolution", "cloudapi"))
+    size = 4 * 1024 * 1024  # 64 chunks; far below WEBHOOK_MAX_BODY_BYTES, so only verification refuses it
+    json_type = {"content-type": "application/json"}
+    refused: list[tuple[str, dict[str, str], str, int]] = [  # (path, headers, query, status)
+        (f"/api/webhooks/wppconnect/{wpp.name}", json_type, "", 401),
+        (f"/api/webhooks/wppconnect/{wpp.name}", {**json_type, "x-webhook-secret": "guess"}, "", 401),
+        (f"/api/webhooks/wppconnect/{wpp.name}", json_type, "token=guess", 401),
+        # A wrong secret outside the body decides, whatever the body's `apikey` (here the right one) says.
+        (f"/api/webhooks/evolution/{evo.name}", {**json_type, "authorization": "Bearer guess"}, "", 401),
+        (f"/api/webhooks/evolution/{evo.name}", json_type, "token=guess", 401),
+        (f"/api/webhooks/cloudapi/{cloud.name}", json_type, "", 401),
+        (f"/api/webhooks/cloudapi/{cloud.name}", {**json_type, "x-hub-signature-256": "sha256=zz"}, "", 401),
+        (f"/api/webhooks/wppconnect/no-such-{wpp.name}", signed_headers("wppconnect", b"", wpp), "", 404),
+        (
+            f"/api/webhooks/cloudapi/no-such-{cloud.name}",
+            {**json_type, "x-hub-signature-256": "sha256=" + "0" * 64},
+            "",
+            404,
+        ),
+        (f"/api/webhooks/nosuchgateway/{wpp.name}", signed_headers("wppconnect", b"", wpp), "", 404),
+    ]
+    for i, (path, headers, query, status) in enumerate(refused):
+        gateway = path.split("/")[3] if path.split("/")[3] in TEXT else "wppconnect"
+        body = padded(gateway, tenant.instance(gateway), f"FORGED{i}", size)
+        delivery = await deliver(app, path, headers, body, query)
+        assert delivery.status == status, (path, headers, query, delivery.answer)
+        assert delivery.chunks_read == 0, (
+            path,
+            headers,
+            query,
+            f"{delivery.chunks_read}/{delivery.chunks_total}",
+        )
+    assert await row_counts(engine, tenant.org_id) == NOTHING
+
+    # The same route reads the whole body once the headers let it: the counter above could count.
+    expected_reads: list[tuple[str, dict[str, str], bytes, int]] = []
+    for gateway in ("wppconnect", "cloudapi"):
+        instance = tenant.instance(gateway)
+        body = padded(gateway, instance, f"REAL-{gateway}", size)
+        expected_reads.append((gateway, signed_headers(gateway, body, instance), body, 200))
+    # Evolution with no secret outside the body: its `apikey` is read, so the body is.
+    expected_reads.append(("evolution", json_type, padded("evolution", evo, "REAL-evolution", size), 200))
+    forged_signature = {**json_type, "x-hub-signature-256": "sha256=" + "0" * 64}  # judged over the body
+    expected_reads.append(("cloudapi", forged_signature, padded("cloudapi", cloud, "FORGED-SIG", size), 401))
+    for gateway, headers, body, status in expected_reads:
+        delivery = await deliver(
+            app, f"/api/webhooks/{gateway}/{tenant.instance(gateway).name}", headers, body
+        )
+        assert delivery.status == status, (gateway, delivery.answer)
+        assert delivery.chunks_read == delivery.chunks_total > 1, gateway
+        # The instance lookup's connection went back to the pool before the (maybe slow) upload.
+        assert delivery.connections_while_reading == 0, gateway
+    assert (await row_counts(engine, tenant.org_id))["messages"] == 3
