@@ -50,10 +50,12 @@ def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
         # "" reads as unset, and being set it also keeps a developer's ./.env from filling the value in.
         DB_STATEMENT_CACHE_SIZE="" if db.statement_cache_size is None else str(db.statement_cache_size),
         DB_ECHO="1" if db.echo else "",
+        DB_LISTEN_URL=db.listen_url or "",
         REDIS_URL=settings.redis.url,
         REDIS_KEY_PREFIX=settings.redis.key_prefix,
         JWT_SECRET=settings.auth.jwt_secret,
         JWT_TTL_SECONDS=str(settings.auth.token_ttl_seconds),
+        TOKEN_REVOCATION_CHECK_SECONDS=str(settings.auth.revocation_check_s),
         # All test logins come from 127.0.0.1 and count in the shared Redis; the limit has its own test.
         LOGIN_ATTEMPTS_PER_MINUTE="100000",
         WEBHOOK_AUTH_FAILURES_PER_MINUTE=str(settings.auth.webhook_auth_failures_per_minute),
