@@ -4,7 +4,9 @@ other's counts). The login throttle and the webhook authentication throttle are 
 
 A window opens with the first counted event of an address and lasts a minute; once `per_minute` events
 are counted, the address is refused until the window's key expires (Retry-After says when). Fails open:
-with Redis down nothing is refused, so agents can log in and gateways deliver while Redis recovers.
+with Redis down nothing is refused, so agents can log in and gateways deliver while Redis recovers. A hung
+Redis costs one short timeout, after which the throttle stops asking for a few seconds: every webhook
+passes through here before its commit, and must not wait on Redis each time.
 
 The address is the ASGI scope's client, which uvicorn (`proxy_headers`) rewrites from X-Forwarded-For only
 when the connection comes from FORWARDED_ALLOW_IPS: anyone else cannot pick the address they are counted as.
@@ -13,6 +15,7 @@ when the connection comes from FORWARDED_ALLOW_IPS: anyone else cannot pick the 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +28,8 @@ from redis.exceptions import RedisError
 log = structlog.get_logger()
 
 WINDOW_S = 60
-_REDIS_TIMEOUT_S = 0.5
+_REDIS_TIMEOUT_S = 0.1  # a healthy Redis answers in well under a millisecond
+_REST_AFTER_FAILURE_S = 5.0
 # INCR and EXPIRE together: the first event of a window sets its lifetime, and nothing can interleave. A key
 # without a lifetime (never left by this script) gets one too, rather than refusing its address for good.
 _COUNT = """
@@ -60,6 +64,7 @@ class ClientThrottle:
         self._root = root  # the Redis key prefix of this budget, e.g. "crm:login-attempts"
         self.per_minute = per_minute
         self._refusal = refusal  # the 429's detail
+        self._rest_until = 0.0  # monotonic time until which Redis is not asked (it just failed)
 
     async def count(self, client: str) -> Window | None:
         """Count one event of `client`; None when Redis cannot answer (fail open)."""
@@ -92,11 +97,19 @@ class ClientThrottle:
         )
 
     async def _run(self, script: Any, client: str, args: list[int]) -> Window | None:
+        if time.monotonic() < self._rest_until:
+            return None
         try:
             async with asyncio.timeout(_REDIS_TIMEOUT_S):
                 count, ttl = await script(keys=[f"{self._root}:{client}"], args=args)
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("throttle unavailable; not limiting", throttle=self._root, error=type(exc).__name__)
+            self._rest_until = time.monotonic() + _REST_AFTER_FAILURE_S
+            log.warning(
+                "throttle unavailable; not limiting",
+                throttle=self._root,
+                error=type(exc).__name__,
+                retry_in_s=_REST_AFTER_FAILURE_S,
+            )
             return None
         # TTL is -2 for a key that is gone (nothing counted).
         return Window(count=int(count), resets_in_s=max(int(ttl), 0))
