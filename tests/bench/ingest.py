@@ -22,8 +22,9 @@ from uuid import uuid4
 import asyncpg
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from tests.bench import harness
 from tests.bench.loadgen import HttpConnection
-from tests.databases import plain_dsn, scratch_database
+from tests.databases import plain_dsn
 from tests.factories import create_tenant
 
 
@@ -200,11 +201,15 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
     print(f"  check: {stored} of {args.requests} messages stored; conversations with a seq gap: {gaps}")
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=8000)
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument("--conversations", type=int, default=500)
     parser.add_argument("--api-workers", type=int, default=1)
-    with scratch_database(os.environ["DATABASE_URL"], "crm_bench") as url:
-        asyncio.run(run(parser.parse_args(), url))
+    harness.add_timeout(parser, 600.0)
+    harness.run(run, parser.parse_args(argv), "crm_bench")
+
+
+if __name__ == "__main__":
+    main()

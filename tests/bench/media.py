@@ -58,11 +58,12 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, MediaSettings, RedisSettings, Settings
 from app.lib.jobs import media_queue_name
+from tests.bench import harness
 from tests.bench.ingest import evolution_body
 from tests.bench.loadgen import HttpConnection
 from tests.bench.realtime import UVICORN_ARGS, _cpu_seconds
 from tests.bench.realtime_clients import percentile_ms, quiet_gc
-from tests.databases import plain_dsn, scratch_database
+from tests.databases import plain_dsn
 from tests.factories import create_tenant
 from tests.process_rig import ROOT, api_processes, env_for
 from tests.webhooks import fixture_for
@@ -775,7 +776,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
     _print_summary(args, out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="~30 s: 4 s phases, 100 images")
     parser.add_argument("--seconds", type=float, default=None, help="per phase (default 15; quick 4)")
@@ -790,29 +791,15 @@ def main() -> None:
     parser.add_argument("--worker-nice", type=int, default=0, help="start the media worker(s) under nice -n")
     parser.add_argument("--poll-delay", type=float, default=None, help="the worker's arq poll_delay (0.5)")
     parser.add_argument("--drain-limit", type=float, default=None, help="seconds (default 40; quick 5)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="hard limit on the whole run")
-    args = parser.parse_args()
+    harness.add_timeout(parser, 600.0)
+    args = parser.parse_args(argv)
     quick = args.quick
     args.seconds = args.seconds or (4.0 if quick else 15.0)
     args.images = args.images or (100 if quick else 320)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     args.drain_limit = args.drain_limit if args.drain_limit is not None else (5.0 if quick else 40.0)
 
-    async def bounded(url: str) -> None:
-        async with asyncio.timeout(args.timeout):
-            await run(args, url)
-
-    try:
-        import uvloop  # the bench client too: it shares 2 cores with what it measures
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with (
-        scratch_database(os.environ["DATABASE_URL"], "crm_bench_media") as url,
-        asyncio.Runner(loop_factory=loop_factory) as runner,
-    ):
-        runner.run(bounded(url))
+    harness.run(run, args, "crm_bench_media", uvloop=True)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,12 @@ from app.config import AppSettings, AuthSettings, CacheSettings, DatabaseSetting
 from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
 from app.domain.conversations.cache import CacheKeys
 from app.domain.conversations.schemas import MessageOut, MessagePage
+from tests.bench import harness
 from tests.bench.loadgen import HttpConnection
 from tests.bench.realtime import UVICORN_ARGS, _cpu_seconds
 from tests.bench.realtime_clients import percentile_ms, quiet_gc
 from tests.bench.realtime_idle import rss_kb
-from tests.databases import plain_dsn, scratch_database
+from tests.databases import plain_dsn
 from tests.factories import Tenant, create_tenant
 from tests.process_rig import ROOT, ApiProcess, _free_port, api_processes, env_for
 
@@ -663,7 +664,7 @@ def _print_summary(args: argparse.Namespace, budget: int, tp: Throughput, rss: R
         print(f"  {_mark(ok)} {goal:<36} {figure}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="~20 s: 10k conversations, 1 pair of 2 s runs")
     parser.add_argument("--seconds", type=float, default=None, help="per measured run (default 5; quick 2)")
@@ -682,28 +683,14 @@ def main() -> None:
     parser.add_argument(
         "--cold", action="store_true", help="RSS part: read pages from Postgres, not a prefilled L2 (slower)"
     )
-    parser.add_argument("--timeout", type=float, default=900.0, help="hard limit on the whole run")
-    args = parser.parse_args()
+    harness.add_timeout(parser, 900.0)
+    args = parser.parse_args(argv)
     quick = args.quick
     args.seconds = args.seconds or (2.0 if quick else 5.0)
     args.rounds = args.rounds or (1 if quick else 2)
     args.conversations = args.conversations or (10_000 if quick else 100_000)
 
-    async def bounded(url: str) -> None:
-        async with asyncio.timeout(args.timeout):
-            await run(args, url)
-
-    try:
-        import uvloop  # the bench client too: it shares 2 cores with what it measures
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with (
-        scratch_database(os.environ["DATABASE_URL"], "crm_bench_read") as url,
-        asyncio.Runner(loop_factory=loop_factory) as runner,
-    ):
-        runner.run(bounded(url))
+    harness.run(run, args, "crm_bench_read", uvloop=True)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, RealtimeSettings, RedisSettings, Settings
 from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
+from tests.bench import harness
 from tests.bench.ingest import evolution_body
 from tests.bench.loadgen import HttpConnection
 from tests.bench.realtime_clients import Recorder, RoomSockets, body_for, drain, paced, quiet_gc
 from tests.bench.realtime_idle import idle_memory, raise_fd_limit
 from tests.bench.realtime_relay import relay_processes
 from tests.bench.realtime_report import ApiStats, print_report
-from tests.databases import plain_dsn, scratch_database
+from tests.databases import plain_dsn
 from tests.factories import Tenant, create_tenant
 from tests.process_rig import ApiProcess, api_processes, env_for
 
@@ -248,7 +249,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
     print_report(args, api, relay, api_stats, relay_rate, idle)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=500.0, help="webhooks (and relay publishes) per second")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured load duration")
@@ -260,15 +261,8 @@ def main() -> None:
         "--orgs", type=int, default=0, help="rooms spread over this many organisations (0: one per room)"
     )
     parser.add_argument("--idle", type=int, default=5000, help="idle sockets for the memory figure")
-    parser.add_argument("--timeout", type=float, default=900.0, help="hard limit on the whole run")
-    args = parser.parse_args()
-
-    async def bounded(url: str) -> None:
-        async with asyncio.timeout(args.timeout):
-            await run(args, url)
-
-    with scratch_database(os.environ["DATABASE_URL"], "crm_bench_rt") as url:
-        asyncio.run(bounded(url))
+    harness.add_timeout(parser, 900.0)
+    harness.run(run, parser.parse_args(argv), "crm_bench_rt")
 
 
 if __name__ == "__main__":
