@@ -44,7 +44,7 @@ from typing import Any, TextIO
 from tests.bench import history, polling, rss
 from tests.bench.read import _drop_redis_keys
 from tests.bench.suite_report import write_plot, write_text
-from tests.bench.world import World, build_world
+from tests.bench.world import World, api_server, build_world, spawned, wait_ready
 from tests.databases import scratch_database
 from tests.process_rig import ROOT
 
@@ -57,7 +57,8 @@ QUICK = {
     "ingest": ["--requests", "1000"],
     "realtime": [
         *("--seconds", "2", "--warmup", "1", "--rate", "200"),
-        *("--rooms", "30", "--orgs", "10", "--idle", "200"),
+        # Its idle-memory part is the rss section's figure (RSS per socket, fresh API process): not twice.
+        *("--rooms", "30", "--orgs", "10", "--idle", "0"),
     ],
     "read": ["--conversations", "1000", "--seconds", "1"],
     "media": ["--seconds", "2", "--images", "40", "--drain-limit", "3"],
@@ -212,25 +213,37 @@ async def own_scenarios(
     print(f"   {agents} agents and tokens in {built:.1f} s", flush=True)
     durations["world (agents, tokens)"] = built
     scenarios: dict[str, Any] = {}
+    shared = {"polling", "history"} - args.skip
     try:
-        if "polling" not in args.skip:
-            scenarios["polling_vs_websocket"] = await _section(
-                "polling vs websocket",
-                lambda: polling.run(
-                    world,
-                    args.agents,
-                    args.window,
-                    args.baseline_window,
-                    args.rate,
-                    mode.spread,
-                    None if args.window != mode.window else mode.ws_window,
-                ),
-            )
-        if "history" not in args.skip:
-            scenarios["history"] = await _section(
-                "history",
-                lambda: history.run(world, mode.history_seconds, args.history_connections, mode.history_cold),
-            )
+        # One API process for polling and history, started once (history reads from it warm, as from a
+        # server in production); the team's admin is a deployment admin on it (its own figures in /stats).
+        api_env = {**world.env, "DEPLOYMENT_ADMINS": world.team.admin.email}
+        with spawned(*([api_server(api_env)] if shared else [])) as servers:
+            if "polling" not in args.skip:
+                scenarios["polling_vs_websocket"] = await _section(
+                    "polling vs websocket",
+                    lambda: polling.run(
+                        world,
+                        servers[0],
+                        args.agents,
+                        args.window,
+                        args.baseline_window,
+                        args.rate,
+                        mode.spread,
+                        None if args.window != mode.window else mode.ws_window,
+                    ),
+                )
+            if "history" not in args.skip:
+                scenarios["history"] = await _section(
+                    "history",
+                    lambda: history.run(
+                        world,
+                        wait_ready(servers[0]),
+                        mode.history_seconds,
+                        args.history_connections,
+                        mode.history_cold,
+                    ),
+                )
         if "rss" not in args.skip:
             scenarios["rss"] = await _section("rss", lambda: rss.run(world, args.rss_users, mode.settle))
     finally:
