@@ -491,7 +491,8 @@ class Bench:
 
     async def _pause_when_idle(self, redis: Redis) -> None:
         """SIGSTOP each worker once it polls its (still empty) queue: arq sets the health-check key at
-        its first poll, after its start-up (imports, pools)."""
+        its first poll, after its start-up (imports, pools). The key is the queue's: with several workers
+        a slower one may be paused mid start-up, and finishes it when B resumes it."""
         health_key = self.queue + health_check_key_suffix
         started = min(w.started for w in self.workers)
         while not await redis.exists(health_key):
