@@ -652,7 +652,7 @@ async def run(
                     relay.pid,
                     baseline_window,
                     Traffic(world, rate, publisher),
-                    spread,
+                    0.0,  # its connect phase is not a figure: all at once
                 )
                 await publisher.close()
                 polling, ws = row["polling"]["requests_per_min"], row["websocket"]

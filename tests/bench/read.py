@@ -427,7 +427,7 @@ class Bench:
         paths = (PAGE_PATH.format(i) for i in ids)
         statuses = await _read_each(self.api.port, paths, self.headers, self.args.read_concurrency)
         seconds = time.perf_counter() - started
-        await asyncio.sleep(1.0)  # let the last responses' buffers go before sampling
+        await asyncio.sleep(self.args.settle)  # let the last responses' buffers go before sampling
         rss = rss_kb(self.api.pid)
         return Memory(len(ids), seconds, statuses, rss, (await self.stats())["cache"])
 
@@ -629,6 +629,9 @@ def main(argv: list[str] | None = None) -> None:
         "--warmup", type=float, default=None, help="unmeasured load per target first (default 1; quick 0.5)"
     )
     parser.add_argument(
+        "--settle", type=float, default=None, help="seconds before each RSS sample (default 1; quick 0.5)"
+    )
+    parser.add_argument(
         "--conversations",
         type=int,
         default=None,
@@ -645,6 +648,7 @@ def main(argv: list[str] | None = None) -> None:
     args.seconds = args.seconds or (2.0 if quick else 5.0)
     args.rounds = args.rounds or (1 if quick else 2)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.0)
+    args.settle = args.settle if args.settle is not None else (0.5 if quick else 1.0)
     args.conversations = args.conversations or (10_000 if quick else 100_000)
 
     harness.run(run, args, "crm_bench_read", uvloop=True)

@@ -24,7 +24,8 @@ import httpx
 
 from tests.bench.realtime_idle import raise_fd_limit, rss_kb
 from tests.bench.realtime_relay import relay_processes
-from tests.bench.world import World, api_server, spawned, wait_ready
+from tests.bench.world import World, wait_ready
+from tests.process_rig import ApiProcess
 
 _MIB = 1024 * 1024
 
@@ -111,13 +112,11 @@ async def _series(
         await _close(writers)
 
 
-async def run(world: World, steps: list[int], settle: float) -> dict[str, Any]:
+async def run(world: World, api: ApiProcess, steps: list[int], settle: float) -> dict[str, Any]:
+    """`api`: a fresh API process of the suite's (maybe still starting), which nothing has used yet."""
     raise_fd_limit(2 * max(steps) + 1000)
     channel = f"{world.settings.redis.key_prefix}:suite-rss-relay"
-    with (
-        spawned(api_server(world.env)) as (api,),
-        relay_processes(1, os.environ["REDIS_URL"], channel) as (relay,),
-    ):
+    with relay_processes(1, os.environ["REDIS_URL"], channel) as (relay,):
         wait_ready(api)
         await world.ensure_conversations(api.port)
 

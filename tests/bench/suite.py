@@ -61,7 +61,7 @@ QUICK = {
         *("--rooms", "30", "--orgs", "10", "--idle", "0"),
     ],
     "read": ["--conversations", "1000", "--seconds", "1"],
-    "media": ["--seconds", "2", "--images", "40", "--drain-limit", "3"],
+    "media": ["--seconds", "2", "--images", "40", "--drain-limit", "3", "--warmup", "0.5"],
 }
 SMOKE = {"ingest": ["--requests", "300", "--senders", "4", "--conversations", "20"]}
 
@@ -233,19 +233,24 @@ async def own_scenarios(
                         None if args.window != mode.window else mode.ws_window,
                     ),
                 )
-            if "history" not in args.skip:
-                scenarios["history"] = await _section(
-                    "history",
-                    lambda: history.run(
-                        world,
-                        wait_ready(servers[0]),
-                        mode.history_seconds,
-                        args.history_connections,
-                        mode.history_cold,
-                    ),
-                )
-        if "rss" not in args.skip:
-            scenarios["rss"] = await _section("rss", lambda: rss.run(world, args.rss_users, mode.settle))
+            # rss's API process starts now, with history's servers (their start-ups overlap), and
+            # serves nothing until rss: fresh, as that section needs it.
+            with spawned(*([api_server(world.env)] if "rss" not in args.skip else [])) as fresh:
+                if "history" not in args.skip:
+                    scenarios["history"] = await _section(
+                        "history",
+                        lambda: history.run(
+                            world,
+                            wait_ready(servers[0]),
+                            mode.history_seconds,
+                            args.history_connections,
+                            mode.history_cold,
+                        ),
+                    )
+                if "rss" not in args.skip:
+                    scenarios["rss"] = await _section(
+                        "rss", lambda: rss.run(world, fresh[0], args.rss_users, mode.settle)
+                    )
     finally:
         await _drop_redis_keys(world.settings.redis.url, world.settings.redis.key_prefix)
     return scenarios
