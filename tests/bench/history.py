@@ -177,7 +177,7 @@ async def run(
         # cached (L1) vs raw ASGI answering the same bytes
         (Path(tmp) / "page.json").write_bytes(page)
         wait_ready(raw)
-        warm = min(0.5, seconds)
+        warm = min(0.5, seconds / 2)  # unmeasured first, per target: connections, first requests
         raw_req = GetConnection.request(f"127.0.0.1:{raw.port}", latest_path, headers)
         api_req = GetConnection.request(host, latest_path, headers)
         await _http_loop(raw.port, itertools.repeat(raw_req), connections, warm, Timing("warm-up"))

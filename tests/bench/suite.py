@@ -56,7 +56,7 @@ BENCHES = ("ingest", "realtime", "read", "media")
 QUICK = {
     "ingest": ["--requests", "1000"],
     "realtime": [
-        *("--seconds", "2", "--warmup", "1", "--rate", "200"),
+        *("--seconds", "2", "--warmup", "0.5", "--rate", "200"),
         # Its idle-memory part is the rss section's figure (RSS per socket, fresh API process): not twice.
         *("--rooms", "30", "--orgs", "10", "--idle", "0"),
     ],
