@@ -10,9 +10,14 @@ Sections (each figure next to a baseline from the same run; see each module's do
               raw Redis and raw asyncpg
   rss         the API process's RSS at 10 / 100 / 1,000 connected users (tests.bench.rss), vs the relay
   ingest, realtime, read, media
-              the earlier benchmarks, each run as its own process (with its own quick mode when the suite is
-              quick); their printed blocks go into the report verbatim. One that is missing or fails is
-              recorded as such and the suite goes on.
+              the earlier benchmarks, each run in this process through its `main(argv)` (tests.bench.harness:
+              a scratch database of its own, its own servers; with its own quick mode when the suite is
+              quick); their printed blocks go into the report verbatim. One that is missing, fails or times
+              out is recorded as such and the suite goes on.
+
+Set up once: one interpreter and one import of the app for the whole run; one API process shared by polling
+and history (history reads from it warm); rss's fresh API process started alongside history's servers. The
+report opens with the run's total wall time and the seconds of each section, adding up to it.
 
 Modes: full (under 10 minutes on 2 cores), --quick (under 2 minutes: 10 / 100 / 300 agents, short windows,
 the earlier benchmarks in their quick modes), --smoke (seconds: tiny sizes, for the test; only bench-ingest,
