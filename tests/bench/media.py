@@ -456,8 +456,6 @@ class Bench:
             tenant = await create_tenant(session)
         await engine.dispose()
         instance = tenant.instance(GATEWAY)
-        images = Images(_base_jpeg(), args.images)
-        out.distinct_sent = images.distinct
         env = env_for(settings)
         if args.poll_delay is not None:
             env[_POLL_DELAY_ENV] = str(args.poll_delay)
@@ -471,6 +469,8 @@ class Bench:
                 for n in range(args.media_workers):
                     log = Path(logs) / f"worker-{n}.log"
                     self.workers.append(MediaWorker(env, log, args.worker_nice, settings_path))
+                images = Images(_base_jpeg(), args.images)  # while the worker imports
+                out.distinct_sent = images.distinct
                 with api_processes(1, env, extra_args=UVICORN_ARGS) as (api,):
                     await self._pause_when_idle(redis)
                     load = TextLoad(api.port, instance, args.senders, args.rate)
