@@ -32,6 +32,7 @@ from tests.bench.read import PAGE_LIMIT, GetConnection, _seed
 from tests.bench.realtime_clients import percentile_ms, quiet_gc
 from tests.bench.world import PAGE_PATH, World, api_server, find_key, raw_server, spawned, wait_ready
 from tests.databases import plain_dsn
+from tests.process_rig import ApiProcess
 
 # What MessageService.history sends: the conversation's last_seq (org-scoped), then the window with media.
 SQL_LAST_SEQ = "SELECT last_seq FROM conversations WHERE id = $1 AND org_id = $2"
@@ -141,7 +142,11 @@ def _row(tier: str, what: str, ours: Timing, baseline: Timing, baseline_what: st
     }
 
 
-async def run(world: World, seconds: float, connections: int, cold_count: int) -> dict[str, Any]:
+async def run(
+    world: World, api: ApiProcess, seconds: float, connections: int, cold_count: int
+) -> dict[str, Any]:
+    """`api` is the suite's API process, warm from the polling section (as a server in production is);
+    the L2 tier gets an API process of its own (no L1), started here."""
     tenant = world.history_tenant
     started = time.perf_counter()
     hot, cold = await _seed(world.database_url, tenant, cold_count)
@@ -153,9 +158,7 @@ async def run(world: World, seconds: float, connections: int, cold_count: int) -
     l2_env = {**world.env, "CACHE_MEMORY_MAX_BYTES": "1"}  # no page fits: every read goes to Redis
     with (
         tempfile.TemporaryDirectory(prefix="bench-suite-history-") as tmp,
-        spawned(
-            api_server(world.env), api_server(l2_env), raw_server(world.env, {"": Path(tmp) / "page.json"})
-        ) as (api, l2_api, raw),
+        spawned(api_server(l2_env), raw_server(world.env, {"": Path(tmp) / "page.json"})) as (l2_api, raw),
     ):
         wait_ready(api)
         host = f"127.0.0.1:{api.port}"
@@ -174,7 +177,7 @@ async def run(world: World, seconds: float, connections: int, cold_count: int) -
         # cached (L1) vs raw ASGI answering the same bytes
         (Path(tmp) / "page.json").write_bytes(page)
         wait_ready(raw)
-        warm = min(0.5, seconds)
+        warm = min(0.5, seconds / 2)  # unmeasured first, per target: connections, first requests
         raw_req = GetConnection.request(f"127.0.0.1:{raw.port}", latest_path, headers)
         api_req = GetConnection.request(host, latest_path, headers)
         await _http_loop(raw.port, itertools.repeat(raw_req), connections, warm, Timing("warm-up"))

@@ -7,14 +7,16 @@ run, and images processed per second. Prints figures with ✓/✗ against the go
                                        [--poll-delay S] [--drain-limit 40]
 
 One API process (uvicorn, as in the other benchmarks) with MEDIA_STORAGE_URL a file:// temp directory:
-  setup  image webhooks (Evolution v2 `messages.upsert` with the JPEG inline in base64: 1600x1200, ~350 KB,
-         each made distinct by a JPEG comment segment, and every 10th repeating an earlier file to show
-         dedupe) are posted through the API with no media worker running: their jobs wait in the queue.
+  setup  the media worker(s) (`python -m arq app.workers.MediaWorkerSettings`, as `just worker-media`)
+         start with the API and are paused (SIGSTOP) once they poll their empty queue; then image webhooks
+         (Evolution v2 `messages.upsert` with the JPEG inline in base64: 1600x1200, ~350 KB, each made
+         distinct by a JPEG comment segment, and every 10th repeating an earlier file to show dedupe) are
+         posted through the API: their jobs wait in the queue.
   A      baseline: text webhooks for `--seconds`, from `--senders` closed-loop senders as in bench-ingest
          (or `--rate` webhooks/s, open loop, latency counted from each request's scheduled time).
-  B      the media worker(s) (`python -m arq app.workers.MediaWorkerSettings`, as `just worker-media`)
-         start on that backlog; once the first image is ready the same text load runs again. Goal: ack p99
-         B/A <= 1.2x. The queue must still hold jobs at the end of B (saturated all along).
+  B      the worker(s) resume (SIGCONT) on that backlog; once the first image is ready the same text load
+         runs again. Goal: ack p99 B/A <= 1.2x. The queue must still hold jobs at the end of B (saturated
+         all along).
   A'     the worker paused (SIGSTOP: no CPU, nothing lost) and the text load a third time, so the drift
          of a shared machine between phases shows next to the ratio.
   drain  the worker resumed (SIGCONT), alone, until the backlog is done or `--drain-limit`.
@@ -52,17 +54,19 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from arq.constants import health_check_key_suffix
 from PIL import Image, ImageFilter
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, MediaSettings, RedisSettings, Settings
 from app.lib.jobs import media_queue_name
+from tests.bench import harness
 from tests.bench.ingest import evolution_body
 from tests.bench.loadgen import HttpConnection
 from tests.bench.realtime import UVICORN_ARGS, _cpu_seconds
 from tests.bench.realtime_clients import percentile_ms, quiet_gc
-from tests.databases import plain_dsn, scratch_database
+from tests.databases import plain_dsn
 from tests.factories import create_tenant
 from tests.process_rig import ROOT, api_processes, env_for
 from tests.webhooks import fixture_for
@@ -169,6 +173,7 @@ class MediaWorker:
                 start_new_session=True,
             )
         self.pid = self._proc.pid
+        self.started = time.perf_counter()
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -415,7 +420,8 @@ class Outcome:
     preload_statuses: dict[int, int] = field(default_factory=dict)
     enqueued: int = 0
     distinct_sent: int = 0
-    worker_start_s: float = 0.0
+    worker_start_s: float = 0.0  # from its start to its first poll of the queue
+    first_image_s: float = 0.0  # from its resume on the backlog to the first image ready
     phases: dict[str, Phase] = field(default_factory=dict)
     stored: Stored = field(default_factory=Stored)
 
@@ -450,21 +456,26 @@ class Bench:
             tenant = await create_tenant(session)
         await engine.dispose()
         instance = tenant.instance(GATEWAY)
-        images = Images(_base_jpeg(), args.images)
-        out.distinct_sent = images.distinct
         env = env_for(settings)
         if args.poll_delay is not None:
             env[_POLL_DELAY_ENV] = str(args.poll_delay)
         conn = await asyncpg.connect(plain_dsn(self.database_url))
         redis = Redis.from_url(settings.redis.url)
         try:
-            with (
-                tempfile.TemporaryDirectory(prefix="bench-media-logs-") as logs,
-                api_processes(1, env, extra_args=UVICORN_ARGS) as (api,),
-            ):
-                load = TextLoad(api.port, instance, args.senders, args.rate)
-                await self._preload(load, images, conn, redis)
-                await self._phases(load, api.pid, env, Path(logs), conn, redis)
+            with tempfile.TemporaryDirectory(prefix="bench-media-logs-") as logs:
+                # The worker(s) start with the API (their imports overlap) and are paused once idle,
+                # before any job exists: B resumes them on the backlog.
+                settings_path = WORKER_SETTINGS if args.poll_delay is None else TUNED_SETTINGS
+                for n in range(args.media_workers):
+                    log = Path(logs) / f"worker-{n}.log"
+                    self.workers.append(MediaWorker(env, log, args.worker_nice, settings_path))
+                images = Images(_base_jpeg(), args.images)  # while the worker imports
+                out.distinct_sent = images.distinct
+                with api_processes(1, env, extra_args=UVICORN_ARGS) as (api,):
+                    await self._pause_when_idle(redis)
+                    load = TextLoad(api.port, instance, args.senders, args.rate)
+                    await self._preload(load, images, conn, redis)
+                    await self._phases(load, api.pid, conn, redis)
             out.stored = await self._stored(conn, images)
         finally:
             for worker in self.workers:
@@ -477,6 +488,20 @@ class Bench:
             await redis.aclose()
             print(f"  cleanup: {dropped:,} Redis keys dropped", flush=True)
         return out
+
+    async def _pause_when_idle(self, redis: Redis) -> None:
+        """SIGSTOP each worker once it polls its (still empty) queue: arq sets the health-check key at
+        its first poll, after its start-up (imports, pools). The key is the queue's: with several workers
+        a slower one may be paused mid start-up, and finishes it when B resumes it."""
+        health_key = self.queue + health_check_key_suffix
+        started = min(w.started for w in self.workers)
+        while not await redis.exists(health_key):
+            if not all(w.alive() for w in self.workers) or time.perf_counter() - started > 60:
+                raise RuntimeError(f"the media worker did not start:\n{self.workers[0].tail()}")
+            await asyncio.sleep(0.05)
+        self.out.worker_start_s = time.perf_counter() - started
+        for worker in self.workers:
+            worker.signal(signal.SIGSTOP)
 
     async def _preload(self, load: TextLoad, images: Images, conn: asyncpg.Connection, redis: Redis) -> None:
         """The media backlog, posted through the API with no worker running: it waits in the queue."""
@@ -496,15 +521,7 @@ class Bench:
         for table in ("media", "messages", "conversations"):
             await conn.execute(f"VACUUM ANALYZE {table}")
 
-    async def _phases(
-        self,
-        load: TextLoad,
-        api_pid: int,
-        env: dict[str, str],
-        logs: Path,
-        conn: asyncpg.Connection,
-        redis: Redis,
-    ) -> None:
+    async def _phases(self, load: TextLoad, api_pid: int, conn: asyncpg.Connection, redis: Redis) -> None:
         args, phases = self.args, self.out.phases
 
         async def sample() -> CpuSample:
@@ -527,18 +544,17 @@ class Bench:
             return phase
 
         await load.run(args.warmup, None, sample)  # connections, first requests, the API's caches
-        await measured("A", "A  no media worker")
+        await measured("A", "A  no media work yet")
 
-        # B: the worker(s) start on the backlog; the load starts once they are storing images.
+        # B: the worker(s) resume on the backlog; the load starts once they are storing images.
         started = time.perf_counter()
-        settings_path = WORKER_SETTINGS if args.poll_delay is None else TUNED_SETTINGS
-        for n in range(args.media_workers):
-            self.workers.append(MediaWorker(env, logs / f"worker-{n}.log", args.worker_nice, settings_path))
+        for worker in self.workers:
+            worker.signal(signal.SIGCONT)
         while not (await self._counts(conn)).get("ready"):
             if not all(w.alive() for w in self.workers) or time.perf_counter() - started > 60:
                 raise RuntimeError(f"the media worker processed nothing:\n{self.workers[0].tail()}")
             await asyncio.sleep(0.05)
-        self.out.worker_start_s = time.perf_counter() - started
+        self.out.first_image_s = time.perf_counter() - started
         await measured("B", "B  media worker busy")
 
         # A': the same worker paused, its jobs untouched: the baseline again, after B.
@@ -651,7 +667,8 @@ def _in_flight(args: argparse.Namespace) -> int:
 def _print_outcome(args: argparse.Namespace, out: Outcome) -> None:
     b, drain, st = out.phases["B"], out.phases["drain"], out.stored
     print(
-        f"  media worker(s) storing images {out.worker_start_s:.1f} s after start; B began with "
+        f"  media worker(s) polling {out.worker_start_s:.1f} s after start (then paused), storing images "
+        f"{out.first_image_s:.1f} s after resuming on the backlog; B began with "
         f"{b.queue_before} and ended with {b.queue_after} jobs queued ({b.pending_after} media pending)"
     )
     print(
@@ -775,7 +792,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
     _print_summary(args, out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="~30 s: 4 s phases, 100 images")
     parser.add_argument("--seconds", type=float, default=None, help="per phase (default 15; quick 4)")
@@ -790,29 +807,15 @@ def main() -> None:
     parser.add_argument("--worker-nice", type=int, default=0, help="start the media worker(s) under nice -n")
     parser.add_argument("--poll-delay", type=float, default=None, help="the worker's arq poll_delay (0.5)")
     parser.add_argument("--drain-limit", type=float, default=None, help="seconds (default 40; quick 5)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="hard limit on the whole run")
-    args = parser.parse_args()
+    harness.add_timeout(parser, 600.0)
+    args = parser.parse_args(argv)
     quick = args.quick
     args.seconds = args.seconds or (4.0 if quick else 15.0)
     args.images = args.images or (100 if quick else 320)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     args.drain_limit = args.drain_limit if args.drain_limit is not None else (5.0 if quick else 40.0)
 
-    async def bounded(url: str) -> None:
-        async with asyncio.timeout(args.timeout):
-            await run(args, url)
-
-    try:
-        import uvloop  # the bench client too: it shares 2 cores with what it measures
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with (
-        scratch_database(os.environ["DATABASE_URL"], "crm_bench_media") as url,
-        asyncio.Runner(loop_factory=loop_factory) as runner,
-    ):
-        runner.run(bounded(url))
+    harness.run(run, args, "crm_bench_media", uvloop=True)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,9 @@ import json
 import math
 import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,14 +41,13 @@ from tests.bench.read import GetConnection
 from tests.bench.realtime import UVICORN_ARGS
 from tests.bench.realtime_clients import percentile_ms
 from tests.bench.realtime_idle import raise_fd_limit
+from tests.bench.realtime_relay import relay_processes
 from tests.bench.world import (
     INBOX_PATH,
     MARK,
     PAGE_PATH,
     PREVIEW_MARK,
-    START_TIMEOUT,
     World,
-    api_server,
     body_text,
     cpu_seconds,
     find_key,
@@ -60,7 +56,7 @@ from tests.bench.world import (
     spawned,
     wait_ready,
 )
-from tests.process_rig import ROOT, STOP_TIMEOUT, ApiProcess, _free_port
+from tests.process_rig import ApiProcess
 
 POLL_S = 3.0  # the old frontend's interval
 HEARTBEAT_S = float(UVICORN_ARGS[UVICORN_ARGS.index("--ws-ping-interval") + 1])  # pings per socket
@@ -69,40 +65,6 @@ _LAST_SEQ = b'"last_seq":'
 # The seed's claims (README of the seed): requests per minute at 10 / 100 / 1,000 users.
 SEED_POLLING_PER_USER = 100
 SEED_WEBSOCKET = {10: 50, 100: 200, 1000: 1000}
-
-
-@contextlib.contextmanager
-def relay_process(redis_url: str, channel: str) -> Iterator[tuple[str, int]]:
-    """One `tests.bench.realtime_relay` process: (ws:// URL, pid), stopped on exit."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "tests.bench.realtime_relay", str(port), redis_url, channel]
-    # Its output is websockets' complaints about sockets the bench drops without a close frame.
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"relay exited with {proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("relay did not start")
-            time.sleep(0.05)
-        yield f"ws://127.0.0.1:{port}/", proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- the message traffic ---------------------------------------------------------------------------------
@@ -603,6 +565,7 @@ def _seed_claims(agents: int) -> dict[str, Any]:
 
 async def run(
     world: World,
+    api: ApiProcess,
     agent_counts: list[int],
     window: float,
     baseline_window: float,
@@ -612,7 +575,10 @@ async def run(
 ) -> dict[str, Any]:
     """Every figure of the section, as a dict for the report. WebSocket agents connect at moments spread
     over `spread` seconds (polling agents always start spread over one poll interval), then are measured
-    for `ws_window` seconds (default: `window`; its steady state needs no poll interval to be whole)."""
+    for `ws_window` seconds (default: `window`; its steady state needs no poll interval to be whole).
+
+    `api` is the suite's API process (maybe still starting: its start-up overlaps the baselines'); the
+    team's admin must be a deployment admin on it, to read the process's own counters in /stats."""
     ws_window = ws_window or window
     raise_fd_limit(4 * max(agent_counts) + 1000)
     rows: list[dict[str, Any]] = []
@@ -620,11 +586,9 @@ async def run(
     with (
         tempfile.TemporaryDirectory(prefix="bench-suite-poll-") as tmp,
         spawned(
-            # The team's admin sees the answering process's own counters in /stats.
-            api_server({**world.env, "DEPLOYMENT_ADMINS": world.team.admin.email}),
-            raw_server(world.env, {INBOX_PATH: Path(tmp) / "inbox.json", "": Path(tmp) / "page.json"}),
-        ) as (api, raw),
-        relay_process(os.environ["REDIS_URL"], channel) as (relay_url, relay_pid),
+            raw_server(world.env, {INBOX_PATH: Path(tmp) / "inbox.json", "": Path(tmp) / "page.json"})
+        ) as (raw,),
+        relay_processes(1, os.environ["REDIS_URL"], channel) as (relay,),
     ):
         wait_ready(api)
         await world.ensure_conversations(api.port)
@@ -683,12 +647,12 @@ async def run(
                 row["relay"], _ = await _websocket_run(
                     world,
                     agents,
-                    lambda _i: relay_url,
+                    lambda _i: relay.url,
                     lambda _i: None,
-                    relay_pid,
+                    relay.pid,
                     baseline_window,
                     Traffic(world, rate, publisher),
-                    spread,
+                    0.0,  # its connect phase is not a figure: all at once
                 )
                 await publisher.close()
                 polling, ws = row["polling"]["requests_per_min"], row["websocket"]

@@ -1,8 +1,8 @@
 """`just bench-read`: the cached latest page of a conversation (GET /api/whatsapp-optimized/messages/{id})
-in req/s and p50/p99, next to a raw ASGI endpoint answering the same bytes, with the same load generator and
-connections in the same run; Postgres statements per cached request; and the API process's RSS after reading
-1k and then 100k more distinct conversations with a fixed L1 budget. Prints figures; it passes or fails
-nothing (timings on shared machines are noisy).
+in req/s and p50/p99, next to a raw ASGI endpoint answering the same bytes (tests.bench.raw_asgi), with the
+same load generator and connections in the same run; Postgres statements per cached request; and the API
+process's RSS after reading 1k and then 100k more distinct conversations with a fixed L1 budget. Prints
+figures; it passes or fails nothing (timings on shared machines are noisy).
 
     uv run python -m tests.bench.read [--quick] [--seconds 5] [--rounds 2] [--connections 16]
                                       [--conversations 100000] [--budget-mib 8] [--cold]
@@ -21,11 +21,9 @@ import argparse
 import asyncio
 import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +39,15 @@ from app.config import AppSettings, AuthSettings, CacheSettings, DatabaseSetting
 from app.domain.accounts.auth import TokenIssuer
 from app.domain.conversations.cache import CacheKeys
 from app.domain.conversations.schemas import MessageOut, MessagePage
+from tests.bench import harness
 from tests.bench.loadgen import HttpConnection
-from tests.bench.realtime import UVICORN_ARGS, _cpu_seconds
+from tests.bench.realtime import _cpu_seconds
 from tests.bench.realtime_clients import percentile_ms, quiet_gc
 from tests.bench.realtime_idle import rss_kb
-from tests.databases import plain_dsn, scratch_database
+from tests.bench.world import api_server, raw_server, spawned, wait_ready
+from tests.databases import plain_dsn
 from tests.factories import Tenant, create_tenant
-from tests.process_rig import ROOT, ApiProcess, _free_port, api_processes, env_for
+from tests.process_rig import ApiProcess, env_for
 
 HOT_MESSAGES = 120  # more than a page: the latest page is full (50) and says has_more_before
 COLD_MESSAGES = 3
@@ -56,56 +56,7 @@ PAGE_PATH = "/api/whatsapp-optimized/messages/{}"
 STATS_PATH = "/api/whatsapp-optimized/stats"
 FLOOR_PATH = "/health"  # Litestar with no auth, no cache, no database: the framework's own cost
 PAGE_LIMIT = 50  # the API's default page size, the variant the page cache keeps
-_RAW_BODY_ENV = "READ_BENCH_RAW_BODY_FILE"
 _MIB = 1024 * 1024
-
-# -- the raw ASGI endpoint: `uvicorn tests.bench.read:raw_app`, the page's bytes for every request --------
-
-_raw_response: list[dict[str, Any]] = []
-
-
-async def raw_app(
-    scope: MutableMapping[str, Any],
-    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
-) -> None:
-    if scope["type"] == "http":
-        for message in _raw_response:
-            await send(message)
-        return
-    if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
-            if message["type"] == "lifespan.startup":
-                body = Path(os.environ[_RAW_BODY_ENV]).read_bytes()
-                headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-                _raw_response[:] = [
-                    {"type": "http.response.start", "status": 200, "headers": headers},
-                    {"type": "http.response.body", "body": body},
-                ]
-                await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-
-
-class RawProcess(ApiProcess):
-    """`raw_app` under uvicorn with the API processes' options (process_rig starts only app.asgi:app)."""
-
-    def _spawn(self) -> None:
-        self.port = _free_port()
-        self.base_url, self.ws_url = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
-        args = f"--host 127.0.0.1 --port {self.port} --no-access-log --timeout-graceful-shutdown 5".split()
-        cmd = [sys.executable, "-m", "uvicorn", "tests.bench.read:raw_app", *args, *self._extra_args]
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pid = self._proc.pid
-
 
 # -- the client -------------------------------------------------------------------------------------------
 
@@ -404,8 +355,15 @@ class Rss:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, api: ApiProcess, http: httpx.AsyncClient, tmp: Path) -> None:
-        self.args, self.api, self.http, self.tmp = args, api, http, tmp
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        api: ApiProcess,
+        raw: ApiProcess,
+        http: httpx.AsyncClient,
+        page_file: Path,
+    ) -> None:
+        self.args, self.api, self.raw, self.http, self.page_file = args, api, raw, http, page_file
         self.headers = {"authorization": str(http.headers["authorization"])}
 
     async def stats(self) -> dict[str, Any]:
@@ -414,7 +372,7 @@ class Bench:
         process: dict[str, Any] = response.json()["process"]
         return process
 
-    async def throughput(self, env: dict[str, str], hot: UUID) -> Throughput:
+    async def throughput(self, hot: UUID) -> Throughput:
         args, path = self.args, PAGE_PATH.format(hot)
         live = False
         for _ in range(100):  # the hub subscribes after startup; until then L1 is bypassed
@@ -426,35 +384,27 @@ class Bench:
             response.raise_for_status()
         page = response.content
         live = live and bool((await self.stats())["cache"]["memory"]["live"])
-        body_file = self.tmp / "page.json"
-        body_file.write_bytes(page)
-        raw = RawProcess(self.tmp / "raw.log", {**env, _RAW_BODY_ENV: str(body_file)}, UVICORN_ARGS)
-        try:
-            raw._wait_healthy(time.monotonic() + 20)
-            loads = {"raw": Load("raw ASGI", raw.pid), "api": Load("cached GET", self.api.pid)}
-            ports = {"raw": raw.port, "api": self.api.port}
-            requests = {
-                t: GetConnection.request(f"127.0.0.1:{p}", path, self.headers) for t, p in ports.items()
-            }
-            # One unmeasured second each: connections, the servers' first requests, this process's caches.
-            for target in ("raw", "api"):
-                await _hammer(ports[target], requests[target], page, args.connections, 1.0, None)
-            # /stats itself runs SQL (the org's figures): what one call adds is measured and taken off.
-            first = await self.stats()
-            before = await self.stats()
-            stats_cost = before["database_statements"] - first["database_statements"]
-            order: list[str] = []
-            for round_ in range(
-                args.rounds
-            ):  # ABBA: raw api, api raw, ...: a drifting machine favours neither
-                for target in ("raw", "api") if round_ % 2 == 0 else ("api", "raw"):
-                    order.append(target)
-                    await _hammer(
-                        ports[target], requests[target], page, args.connections, args.seconds, loads[target]
-                    )
-            after = await self.stats()
-        finally:
-            raw.terminate()
+        self.page_file.write_bytes(page)  # the raw endpoint reads it at its first request
+        raw = wait_ready(self.raw)
+        loads = {"raw": Load("raw ASGI", raw.pid), "api": Load("cached GET", self.api.pid)}
+        ports = {"raw": raw.port, "api": self.api.port}
+        requests = {t: GetConnection.request(f"127.0.0.1:{p}", path, self.headers) for t, p in ports.items()}
+        # Unmeasured first (--warmup s each): connections, the servers' first requests, this process's caches.
+        for target in ("raw", "api"):
+            await _hammer(ports[target], requests[target], page, args.connections, args.warmup, None)
+        # /stats itself runs SQL (the org's figures): what one call adds is measured and taken off.
+        first = await self.stats()
+        before = await self.stats()
+        stats_cost = before["database_statements"] - first["database_statements"]
+        order: list[str] = []
+        for round_ in range(args.rounds):  # ABBA: raw api, api raw, ...: a drifting machine favours neither
+            for target in ("raw", "api") if round_ % 2 == 0 else ("api", "raw"):
+                order.append(target)
+                await _hammer(
+                    ports[target], requests[target], page, args.connections, args.seconds, loads[target]
+                )
+        after = await self.stats()
+        raw.terminate()  # idle from here on, but not kept
         floor = Load("/health", self.api.pid)
         health = (await self.http.get(FLOOR_PATH)).content
         request = GetConnection.request(f"127.0.0.1:{self.api.port}", FLOOR_PATH, self.headers)
@@ -477,7 +427,7 @@ class Bench:
         paths = (PAGE_PATH.format(i) for i in ids)
         statuses = await _read_each(self.api.port, paths, self.headers, self.args.read_concurrency)
         seconds = time.perf_counter() - started
-        await asyncio.sleep(1.0)  # let the last responses' buffers go before sampling
+        await asyncio.sleep(self.args.settle)  # let the last responses' buffers go before sampling
         rss = rss_kb(self.api.pid)
         return Memory(len(ids), seconds, statuses, rss, (await self.stats())["cache"])
 
@@ -541,16 +491,19 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
     try:
         with (
             tempfile.TemporaryDirectory(prefix="bench-read-") as tmp,
-            api_processes(1, env, extra_args=UVICORN_ARGS) as (api,),
+            # The raw endpoint starts with the API (their start-ups overlap) and reads the page's bytes,
+            # written once the API has answered them, at its first request.
+            spawned(api_server(env), raw_server(env, {"": Path(tmp) / "page.json"})) as (api, raw),
         ):
+            wait_ready(api)
             async with httpx.AsyncClient(
                 base_url=api.base_url,
                 headers={"Authorization": f"Bearer {token}"},
                 trust_env=False,
                 timeout=30,
             ) as http:
-                bench = Bench(args, api, http, Path(tmp))
-                throughput = await bench.throughput(env, hot)
+                bench = Bench(args, api, raw, http, Path(tmp) / "page.json")
+                throughput = await bench.throughput(hot)
                 _print_throughput(args, throughput)
                 rss = await bench.rss(database_url, settings, tenant.org_id, cold)
                 _print_rss(rss)
@@ -578,7 +531,8 @@ def _print_throughput(args: argparse.Namespace, tp: Throughput) -> None:
     )
     print(
         f"  throughput: {args.connections} keep-alive connections (closed loop), {args.seconds:g} s per run, "
-        f"run order {' '.join(tp.order)} after 1 s unmeasured each; same client, headers and bytes"
+        f"run order {' '.join(tp.order)} after {args.warmup:g} s unmeasured each; same client, headers and "
+        "bytes"
     )
     for load in (tp.raw, tp.api, tp.floor):
         runs = ", ".join(f"{r:,.0f}" for r in load.runs)
@@ -661,7 +615,7 @@ def _print_summary(args: argparse.Namespace, budget: int, tp: Throughput, rss: R
         print(f"  {_mark(ok)} {goal:<36} {figure}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="~20 s: 10k conversations, 1 pair of 2 s runs")
     parser.add_argument("--seconds", type=float, default=None, help="per measured run (default 5; quick 2)")
@@ -669,6 +623,12 @@ def main() -> None:
         "--rounds", type=int, default=None, help="raw/api pairs, order alternating (default 2)"
     )
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="unmeasured load per target first (default 1; quick 0.5)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=None, help="seconds before each RSS sample (default 1; quick 0.5)"
+    )
     parser.add_argument(
         "--conversations",
         type=int,
@@ -680,28 +640,16 @@ def main() -> None:
     parser.add_argument(
         "--cold", action="store_true", help="RSS part: read pages from Postgres, not a prefilled L2 (slower)"
     )
-    parser.add_argument("--timeout", type=float, default=900.0, help="hard limit on the whole run")
-    args = parser.parse_args()
+    harness.add_timeout(parser, 900.0)
+    args = parser.parse_args(argv)
     quick = args.quick
     args.seconds = args.seconds or (2.0 if quick else 5.0)
     args.rounds = args.rounds or (1 if quick else 2)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.0)
+    args.settle = args.settle if args.settle is not None else (0.5 if quick else 1.0)
     args.conversations = args.conversations or (10_000 if quick else 100_000)
 
-    async def bounded(url: str) -> None:
-        async with asyncio.timeout(args.timeout):
-            await run(args, url)
-
-    try:
-        import uvloop  # the bench client too: it shares 2 cores with what it measures
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with (
-        scratch_database(os.environ["DATABASE_URL"], "crm_bench_read") as url,
-        asyncio.Runner(loop_factory=loop_factory) as runner,
-    ):
-        runner.run(bounded(url))
+    harness.run(run, args, "crm_bench_read", uvloop=True)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, RealtimeSettings, RedisSettings, Settings
 from app.domain.accounts.auth import TokenIssuer
+from tests.bench import harness
 from tests.bench.ingest import evolution_body
 from tests.bench.loadgen import HttpConnection
 from tests.bench.realtime_clients import Recorder, RoomSockets, body_for, drain, paced, quiet_gc
-from tests.bench.realtime_idle import idle_memory, raise_fd_limit
+from tests.bench.realtime_idle import IdleResult, idle_memory, raise_fd_limit
 from tests.bench.realtime_relay import relay_processes
 from tests.bench.realtime_report import ApiStats, print_report
-from tests.databases import plain_dsn, scratch_database
+from tests.databases import plain_dsn
 from tests.factories import Tenant, create_tenant
 from tests.process_rig import ApiProcess, api_processes, env_for
 
@@ -205,6 +206,20 @@ async def _relay_run(
     return achieved
 
 
+async def _idle(args: argparse.Namespace, env: dict[str, str], token: str) -> IdleResult:
+    """Memory per idle socket, in a fresh API process of its own."""
+    with api_processes(1, env, extra_args=UVICORN_ARGS) as (proc,):
+        async with httpx.AsyncClient(base_url=proc.base_url, trust_env=False, timeout=10) as http:
+
+            async def server_count() -> int:
+                info = await http.get(
+                    "/api/whatsapp-optimized/websocket/info", headers={"Authorization": f"Bearer {token}"}
+                )
+                return int(info.json()["process"]["connections"])
+
+            return await idle_memory(proc.pid, proc.port, token, args.idle, server_count)
+
+
 def _recorder(args: argparse.Namespace) -> Recorder:
     warm = int(args.rate * args.warmup)
     return Recorder(total=warm + int(args.rate * args.seconds), first=warm)
@@ -230,25 +245,15 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
     frame = api.sample_frame or '{"type":"message.created","message":{"body":"rt-0000000"}}'
     frame = frame.replace(frame[frame.find('"body":"rt-') + 8 :][:10], body_for(0))
     channel = f"{settings.redis.key_prefix}:relay"
-    with relay_processes(2, os.environ["REDIS_URL"], channel) as urls:
-        relay_rate = await _relay_run(scenario, urls, relay, channel, frame)
+    with relay_processes(2, os.environ["REDIS_URL"], channel) as relays:
+        relay_rate = await _relay_run(scenario, [r.url for r in relays], relay, channel, frame)
 
-    with api_processes(1, env, extra_args=UVICORN_ARGS) as (proc,):
-        async with httpx.AsyncClient(base_url=proc.base_url, trust_env=False, timeout=10) as http:
-            token = scenario.tokens[0]
-
-            async def server_count() -> int:
-                info = await http.get(
-                    "/api/whatsapp-optimized/websocket/info", headers={"Authorization": f"Bearer {token}"}
-                )
-                return int(info.json()["process"]["connections"])
-
-            idle = await idle_memory(proc.pid, proc.port, token, args.idle, server_count)
+    idle = await _idle(args, env, scenario.tokens[0]) if args.idle else None
 
     print_report(args, api, relay, api_stats, relay_rate, idle)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=500.0, help="webhooks (and relay publishes) per second")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured load duration")
@@ -259,16 +264,11 @@ def main() -> None:
     parser.add_argument(
         "--orgs", type=int, default=0, help="rooms spread over this many organisations (0: one per room)"
     )
-    parser.add_argument("--idle", type=int, default=5000, help="idle sockets for the memory figure")
-    parser.add_argument("--timeout", type=float, default=900.0, help="hard limit on the whole run")
-    args = parser.parse_args()
-
-    async def bounded(url: str) -> None:
-        async with asyncio.timeout(args.timeout):
-            await run(args, url)
-
-    with scratch_database(os.environ["DATABASE_URL"], "crm_bench_rt") as url:
-        asyncio.run(bounded(url))
+    parser.add_argument(
+        "--idle", type=int, default=5000, help="idle sockets for the memory figure (0: not measured)"
+    )
+    harness.add_timeout(parser, 900.0)
+    harness.run(run, parser.parse_args(argv), "crm_bench_rt")
 
 
 if __name__ == "__main__":

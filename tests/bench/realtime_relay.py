@@ -20,11 +20,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from tests.process_rig import ROOT, STOP_TIMEOUT, _free_port
+
+START_TIMEOUT = 60.0  # two cores shared with other work: an interpreter can take seconds to start
 
 _rooms: dict[str, set[ServerConnection]] = {}
 
@@ -59,29 +62,43 @@ async def _serve(port: int, redis_url: str, channel: str) -> None:
         await _relay(redis_url, channel)
 
 
+class Relay(NamedTuple):
+    url: str  # ws://127.0.0.1:PORT/
+    port: int
+    pid: int
+
+
 @contextmanager
-def relay_processes(count: int, redis_url: str, channel: str) -> Iterator[list[str]]:
-    """`count` relays, as ws:// URLs once each accepts connections; all stopped on exit."""
+def relay_processes(count: int, redis_url: str, channel: str) -> Iterator[list[Relay]]:
+    """`count` relays, each yielded once it accepts connections; all stopped on exit. Their output (only
+    websockets' complaints about sockets a bench drops without a close frame) is discarded."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        urls = []
+        relays = []
         for _ in range(count):
             port = _free_port()
             cmd = [sys.executable, "-m", "tests.bench.realtime_relay", str(port), redis_url, channel]
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True))
-            urls.append(f"ws://127.0.0.1:{port}/")
-        deadline = time.monotonic() + 20
-        for proc, url in zip(procs, urls, strict=True):
-            port = int(url.rsplit(":", 1)[1].strip("/"))
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            procs.append(proc)
+            relays.append(Relay(f"ws://127.0.0.1:{port}/", port, proc.pid))
+        deadline = time.monotonic() + START_TIMEOUT
+        for proc, relay in zip(procs, relays, strict=True):
             while True:
                 if proc.poll() is not None:
                     raise RuntimeError(f"relay exited with {proc.returncode}")
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", relay.port), 0.2):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError("relay did not start")
                 time.sleep(0.05)
-        yield urls
+        yield relays
     finally:
         for proc in procs:
             proc.terminate()

@@ -37,7 +37,7 @@ def print_report(
     relay: Recorder,
     stats: ApiStats,
     relay_rate: float,
-    idle: IdleResult,
+    idle: IdleResult | None,
 ) -> None:
     agents = args.agents_per_room
     expected = len(api.measured()) * agents
@@ -72,6 +72,9 @@ def print_report(
         f"({relay.deliveries()}/{expected} deliveries, {relay_rate:.0f}/s, same rooms, no HTTP/DB)"
     )
     print(f"  p99 ratio = {p99 / relay_p99:.2f}        goal: p99 <= 10 ms")
+    if idle is None:
+        print("  idle connections   not measured (--idle 0)")
+        return
     print(
         f"  idle connections   {idle.held} held ({idle.failed} failed), RSS "
         f"{(idle.after_kb - idle.before_kb) / 1024:+.1f} MB -> {idle.kb_per_connection:.1f} KB per connection"

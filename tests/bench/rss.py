@@ -22,9 +22,10 @@ from urllib.parse import quote
 
 import httpx
 
-from tests.bench.polling import relay_process
 from tests.bench.realtime_idle import raise_fd_limit, rss_kb
-from tests.bench.world import World, api_server, spawned, wait_ready
+from tests.bench.realtime_relay import relay_processes
+from tests.bench.world import World, wait_ready
+from tests.process_rig import ApiProcess
 
 _MIB = 1024 * 1024
 
@@ -111,13 +112,11 @@ async def _series(
         await _close(writers)
 
 
-async def run(world: World, steps: list[int], settle: float) -> dict[str, Any]:
+async def run(world: World, api: ApiProcess, steps: list[int], settle: float) -> dict[str, Any]:
+    """`api`: a fresh API process of the suite's (maybe still starting), which nothing has used yet."""
     raise_fd_limit(2 * max(steps) + 1000)
     channel = f"{world.settings.redis.key_prefix}:suite-rss-relay"
-    with (
-        spawned(api_server(world.env)) as (api,),
-        relay_process(os.environ["REDIS_URL"], channel) as (relay_url, relay_pid),
-    ):
+    with relay_processes(1, os.environ["REDIS_URL"], channel) as (relay,):
         wait_ready(api)
         await world.ensure_conversations(api.port)
 
@@ -136,9 +135,8 @@ async def run(world: World, steps: list[int], settle: float) -> dict[str, Any]:
             api_before, api_samples, api_failed, counted = await _series(
                 api.pid, api.port, api_path, world.open_conversation, steps, settle, server_count
             )
-        relay_port = int(relay_url.rsplit(":", 1)[1].strip("/"))
         relay_before, relay_samples, relay_failed, _ = await _series(
-            relay_pid, relay_port, lambda _i: "/", world.open_conversation, steps, settle
+            relay.pid, relay.port, lambda _i: "/", world.open_conversation, steps, settle
         )
     rows = []
     first = api_samples[0]["rss_kb"]

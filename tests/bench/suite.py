@@ -10,9 +10,14 @@ Sections (each figure next to a baseline from the same run; see each module's do
               raw Redis and raw asyncpg
   rss         the API process's RSS at 10 / 100 / 1,000 connected users (tests.bench.rss), vs the relay
   ingest, realtime, read, media
-              the earlier benchmarks, each run as its own process (with its own quick mode when the suite is
-              quick); their printed blocks go into the report verbatim. One that is missing or fails is
-              recorded as such and the suite goes on.
+              the earlier benchmarks, each run in this process through its `main(argv)` (tests.bench.harness:
+              a scratch database of its own, its own servers; with its own quick mode when the suite is
+              quick); their printed blocks go into the report verbatim. One that is missing, fails or times
+              out is recorded as such and the suite goes on.
+
+Set up once: one interpreter and one import of the app for the whole run; one API process shared by polling
+and history (history reads from it warm); rss's fresh API process started alongside history's servers. The
+report opens with the run's total wall time and the seconds of each section, adding up to it.
 
 Modes: full (under 10 minutes on 2 cores), --quick (under 2 minutes: 10 / 100 / 300 agents, short windows,
 the earlier benchmarks in their quick modes), --smoke (seconds: tiny sizes, for the test; only bench-ingest,
@@ -27,10 +32,11 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import gc
+import importlib
+import io
 import os
 import platform
-import selectors
-import signal
 import subprocess
 import sys
 import time
@@ -38,27 +44,29 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tests.bench import history, polling, rss
 from tests.bench.read import _drop_redis_keys
-from tests.bench.suite_report import write
-from tests.bench.world import World, build_world
+from tests.bench.suite_report import write_plot, write_text
+from tests.bench.world import World, api_server, build_world, spawned, wait_ready
 from tests.databases import scratch_database
 from tests.process_rig import ROOT
 
 SECTIONS = ("polling", "history", "rss")
+SECTION_NAMES = {"polling_vs_websocket": "polling vs websocket", "history": "history", "rss": "rss"}
 BENCHES = ("ingest", "realtime", "read", "media")
 # In quick mode each earlier bench runs with its own --quick if it has one, plus these sizes (smaller still,
 # for the 2-minute budget; the report prints each command line). Smoke runs only a tiny ingest.
 QUICK = {
     "ingest": ["--requests", "1000"],
     "realtime": [
-        *("--seconds", "2", "--warmup", "1", "--rate", "200"),
-        *("--rooms", "30", "--orgs", "10", "--idle", "200"),
+        *("--seconds", "2", "--warmup", "0.5", "--rate", "200"),
+        # Its idle-memory part is the rss section's figure (RSS per socket, fresh API process): not twice.
+        *("--rooms", "30", "--orgs", "10", "--idle", "0"),
     ],
     "read": ["--conversations", "1000", "--seconds", "1"],
-    "media": ["--seconds", "2", "--images", "40", "--drain-limit", "3"],
+    "media": ["--seconds", "2", "--images", "40", "--drain-limit", "3", "--warmup", "0.5"],
 }
 SMOKE = {"ingest": ["--requests", "300", "--senders", "4", "--conversations", "20"]}
 
@@ -88,6 +96,17 @@ MODES = {
 }
 
 
+def _process_age() -> float:
+    """Seconds since this process started (the interpreter and the imports before main()), from /proc."""
+    try:
+        with open("/proc/self/stat") as stat:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as uptime:
+            return max(0.0, float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _commit() -> str:
     try:
         out = subprocess.run(
@@ -105,7 +124,7 @@ def _commit() -> str:
         return "unknown"
 
 
-# -- the earlier benchmarks, as processes of their own ---------------------------------------------------
+# -- the earlier benchmarks, in this process -----------------------------------------------------------
 
 
 def bench_args(name: str, mode: str) -> list[str] | None:
@@ -118,59 +137,59 @@ def bench_args(name: str, mode: str) -> list[str] | None:
     return (["--quick"] if '"--quick"' in source else []) + QUICK.get(name, [])
 
 
+class _Tee(io.TextIOBase):
+    """What a bench prints: echoed, indented, as it comes, and kept line by line for the report."""
+
+    def __init__(self, echo: TextIO) -> None:
+        self.echo, self.lines, self._partial = echo, [], ""
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *done, self._partial = self._partial.split("\n")
+        for line in done:
+            self.lines.append(line)
+            self.echo.write(f"   {line}\n")
+        self.echo.flush()
+        return len(text)
+
+    def close_line(self) -> None:
+        if self._partial:
+            self.write("\n")
+
+
 def run_bench(name: str, mode: str, timeout: float) -> dict[str, Any]:
-    module = f"tests.bench.{name}"
+    """One earlier benchmark, in this process (its `main(argv)`, as `python -m` would run it): no fresh
+    interpreter and no second import of the app before it measures. A failure or a timeout is recorded
+    with the tail of its output, and the suite goes on."""
+    module_name = f"tests.bench.{name}"
     if not (ROOT / "tests" / "bench" / f"{name}.py").exists():
-        print(f"== bench-{name}: missing ({module} does not exist)", flush=True)
+        print(f"== bench-{name}: missing ({module_name} does not exist)", flush=True)
         return {"status": "missing", "command": None, "seconds": None, "output": ""}
     args = bench_args(name, mode)
     if args is None:
         return {"status": f"skipped (--{mode})", "command": None, "seconds": None, "output": ""}
-    command = ["python", "-m", module, *args]
+    args = [*args, "--timeout", f"{timeout:g}"]
+    command = ["python", "-m", module_name, *args]
     print(f"== bench-{name}: {' '.join(command)}", flush=True)
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # a group of its own: a timeout stops its servers too
-        text=True,
-        errors="replace",
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    timed_out = False
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            if time.perf_counter() - started > timeout:
-                timed_out = True
-                break
-            if not selector.select(timeout=1.0):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line.rstrip("\n"))
-            print(f"   {line.rstrip()}", flush=True)
-    if timed_out:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    code = proc.wait()
-    seconds = time.perf_counter() - started
-    if timed_out:
+    tee = _Tee(sys.stdout)
+    status = "ok"
+    try:
+        with contextlib.redirect_stdout(tee):
+            importlib.import_module(module_name).main(args)
+    except TimeoutError:
         status = f"timed out after {timeout:.0f} s"
-    else:
-        status = "ok" if code == 0 else f"failed (exit {code})"
-    output = "\n".join(lines if code == 0 and not timed_out else lines[-40:])
-    return {"status": status, "exit_code": code, "command": command, "seconds": seconds, "output": output}
+    except (Exception, SystemExit) as exc:  # argparse exits; anything else is the bench's own failure
+        tee.close_line()
+        for line in traceback.format_exception(exc)[-12:]:
+            tee.write(line)
+        status = f"failed ({type(exc).__name__})"
+    tee.close_line()
+    gc.collect()  # what the bench left behind is not the next one's collector work
+    seconds = time.perf_counter() - started
+    print(f"   bench-{name}: {status} in {seconds:.0f} s", flush=True)
+    lines = tee.lines if status == "ok" else tee.lines[-40:]
+    return {"status": status, "command": command, "seconds": seconds, "output": "\n".join(lines)}
 
 
 # -- the suite's own scenarios ---------------------------------------------------------------------------
@@ -190,33 +209,53 @@ async def _section(name: str, work: Callable[[], Awaitable[dict[str, Any]]]) -> 
     return result
 
 
-async def own_scenarios(args: argparse.Namespace, mode: Mode, database_url: str) -> dict[str, Any]:
+async def own_scenarios(
+    args: argparse.Namespace, mode: Mode, database_url: str, durations: dict[str, float]
+) -> dict[str, Any]:
     agents = max([*args.agents, *args.rss_users])
     world: World
     world, built = await build_world(database_url, agents, args.conversations, args.setup_messages)
     print(f"   {agents} agents and tokens in {built:.1f} s", flush=True)
+    durations["world (agents, tokens)"] = built
     scenarios: dict[str, Any] = {}
+    shared = {"polling", "history"} - args.skip
     try:
-        if "polling" not in args.skip:
-            scenarios["polling_vs_websocket"] = await _section(
-                "polling vs websocket",
-                lambda: polling.run(
-                    world,
-                    args.agents,
-                    args.window,
-                    args.baseline_window,
-                    args.rate,
-                    mode.spread,
-                    None if args.window != mode.window else mode.ws_window,
-                ),
-            )
-        if "history" not in args.skip:
-            scenarios["history"] = await _section(
-                "history",
-                lambda: history.run(world, mode.history_seconds, args.history_connections, mode.history_cold),
-            )
-        if "rss" not in args.skip:
-            scenarios["rss"] = await _section("rss", lambda: rss.run(world, args.rss_users, mode.settle))
+        # One API process for polling and history, started once (history reads from it warm, as from a
+        # server in production); the team's admin is a deployment admin on it (its own figures in /stats).
+        api_env = {**world.env, "DEPLOYMENT_ADMINS": world.team.admin.email}
+        with spawned(*([api_server(api_env)] if shared else [])) as servers:
+            if "polling" not in args.skip:
+                scenarios["polling_vs_websocket"] = await _section(
+                    "polling vs websocket",
+                    lambda: polling.run(
+                        world,
+                        servers[0],
+                        args.agents,
+                        args.window,
+                        args.baseline_window,
+                        args.rate,
+                        mode.spread,
+                        None if args.window != mode.window else mode.ws_window,
+                    ),
+                )
+            # rss's API process starts now, with history's servers (their start-ups overlap), and
+            # serves nothing until rss: fresh, as that section needs it.
+            with spawned(*([api_server(world.env)] if "rss" not in args.skip else [])) as fresh:
+                if "history" not in args.skip:
+                    scenarios["history"] = await _section(
+                        "history",
+                        lambda: history.run(
+                            world,
+                            wait_ready(servers[0]),
+                            mode.history_seconds,
+                            args.history_connections,
+                            mode.history_cold,
+                        ),
+                    )
+                if "rss" not in args.skip:
+                    scenarios["rss"] = await _section(
+                        "rss", lambda: rss.run(world, fresh[0], args.rss_users, mode.settle)
+                    )
     finally:
         await _drop_redis_keys(world.settings.redis.url, world.settings.redis.key_prefix)
     return scenarios
@@ -258,6 +297,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Mode]
 def main(argv: list[str] | None = None) -> int:
     args, mode = parse_args(argv)
     started, wall = dt.datetime.now(dt.UTC), time.perf_counter()
+    startup = _process_age()
+    durations: dict[str, float] = {"interpreter start, imports": startup}
     print(f"benchmark suite ({mode.name}) -> {args.out}", flush=True)
     results: dict[str, Any] = {
         "suite": {
@@ -283,17 +324,30 @@ def main(argv: list[str] | None = None) -> int:
             )
             + " Figures from short windows are rougher than the full run's."
         )
+    started_at = time.perf_counter()
     with scratch_database(os.environ["DATABASE_URL"], "crm_bench_suite") as url:
-        results["scenarios"] = asyncio.run(own_scenarios(args, mode, url))
+        durations["scratch database"] = time.perf_counter() - started_at
+        results["scenarios"] = asyncio.run(own_scenarios(args, mode, url, durations))
+        for key, name in SECTION_NAMES.items():
+            if "seconds" in results["scenarios"].get(key, {}):
+                durations[name] = results["scenarios"][key]["seconds"]
     results["benchmarks"] = {}
     for name in BENCHES:
         if name in args.skip:
             results["benchmarks"][name] = {"status": "skipped (--skip)", "command": None, "seconds": None}
             continue
         results["benchmarks"][name] = run_bench(name, mode.name, mode.bench_timeout)
-    results["suite"]["seconds"] = time.perf_counter() - wall
+        if results["benchmarks"][name]["seconds"] is not None:
+            durations[f"bench-{name}"] = results["benchmarks"][name]["seconds"]
+    written = time.perf_counter()
     results["suite"]["load_end"] = os.getloadavg()[0]
-    paths = write(results, args.out)
+    png = write_plot(results, args.out)
+    durations["report (plot)"] = time.perf_counter() - written
+    results["suite"]["seconds"] = total = time.perf_counter() - wall + startup
+    # Cleanups (scratch database, Redis keys, servers stopping) between the sections: the rows add up.
+    durations["other (cleanups between sections)"] = total - sum(durations.values())
+    results["suite"]["durations"] = {name: round(seconds, 1) for name, seconds in durations.items()}
+    paths = {**write_text(results, args.out), "png": png}
     print(f"report: {paths['md']}  ({results['suite']['seconds']:.0f} s)", flush=True)
     print(paths["md"].read_text().split("## Polling vs WebSocket")[0], flush=True)
     return 0

@@ -1,6 +1,7 @@
 """The benchmark suite end to end, in its smoke mode (tiny sizes, the earlier benchmarks skipped but a tiny
 bench-ingest): it runs as `just bench` would run it, against this run's Postgres and Redis, and writes the
-three report files. Figures are not asserted (machines are shared and noisy); the report's shape is."""
+three report files. Figures are not asserted (machines are shared and noisy); the report's shape is, and
+that its per-section durations add up to the run's total."""
 
 from __future__ import annotations
 
@@ -80,7 +81,16 @@ def test_smoke_run_writes_markdown_json_and_png(service_urls: tuple[str, str], t
         for row in report["summary"]
     )
 
+    # Where the run's time went: every section and bench that ran, rows adding up to the printed total.
+    durations = report["suite"]["durations"]
+    assert {"polling vs websocket", "history", "rss", "bench-ingest"} <= durations.keys()
+    assert not {"bench-realtime", "bench-read", "bench-media"} & durations.keys()  # skipped: no row
+    assert all(seconds >= 0 for seconds in durations.values())
+    assert abs(sum(durations.values()) - report["suite"]["seconds"]) < 1.0
+
     markdown = (out / "report.md").read_text()
+    assert f"Run time: **{report['suite']['seconds']:.0f} s** wall in all" in markdown
+    assert "| section | seconds |" in markdown and "| bench-ingest |" in markdown
     assert "| scenario | our figure | baseline (same run) | ratio | seed's claim |" in markdown
     for heading in ("## Polling vs WebSocket", "## History response time", "## Memory with connected users"):
         assert heading in markdown
