@@ -125,6 +125,13 @@ class MediaSettings:
 
 
 @dataclass(frozen=True)
+class WorkersSettings:
+    # How often each arq worker writes its health check (which lives one second longer): /ready needs both
+    # workers' to be present, so after Redis comes back empty /ready waits up to this long for them.
+    health_check_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class AppSettings:
     environment: str = "dev"
     public_base_url: str = "http://127.0.0.1:3001"
@@ -146,6 +153,7 @@ class Settings:
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    workers: WorkersSettings = field(default_factory=WorkersSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -187,6 +195,9 @@ class Settings:
                 storage_url=_env("MEDIA_STORAGE_URL") or (Path("var/media").resolve().as_uri()),
                 max_bytes=_env_int("MEDIA_MAX_BYTES", MediaSettings.max_bytes),
                 concurrency=_env_int("MEDIA_CONCURRENCY", MediaSettings.concurrency),
+            ),
+            workers=WorkersSettings(
+                health_check_s=float(_env("WORKER_HEALTH_CHECK_SECONDS") or WorkersSettings.health_check_s)
             ),
             app=AppSettings(
                 environment=environment,

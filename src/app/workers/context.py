@@ -20,6 +20,7 @@ from app.domain.media.storage import MediaStorage
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.jobs import queue_name
 from app.lib.logging import configure_logging
+from app.workers.redis_retry import mark_worker_running
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -33,12 +34,18 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def _common(ctx: dict[str, Any]) -> None:
+    mark_worker_running()  # from here on the arq pool waits out a Redis outage (app.workers.redis_retry)
     settings = get_settings()
     configure_logging(settings.app.log_level, settings.app.log_json)
     port = os.environ.get("WORKER_METRICS_PORT")
     if port:  # this worker's own /metrics, for a Prometheus that cannot reach the API's directory
         start_http_server(int(port), addr=os.environ.get("WORKER_METRICS_HOST", "127.0.0.1"))
-    engine = create_async_engine(settings.db.url, pool_size=5, max_overflow=5, hide_parameters=True)
+    # Pre-ping: a connection that died with a Postgres restart is replaced at checkout instead of failing the
+    # job that drew it (arq does not retry a plain exception, so the send or media would wait for a sweep).
+    # One round trip per job is nothing next to a gateway call; the API, on the hot path, goes without.
+    engine = create_async_engine(
+        settings.db.url, pool_size=5, max_overflow=5, pool_pre_ping=True, hide_parameters=True
+    )
     redis = Redis.from_url(settings.redis.url)
     ctx["settings"] = settings
     ctx["engine"] = engine

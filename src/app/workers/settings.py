@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from arq import cron, func
-from arq.connections import RedisSettings
 
 from app.config import get_settings
 from app.lib.jobs import deserialize_job, media_queue_name, queue_name, serialize_job
@@ -20,6 +19,7 @@ from app.workers.cache import expire_cache, warm_cache
 from app.workers.context import shutdown, startup, startup_media
 from app.workers.conversations import reconcile_conversation
 from app.workers.media import process_media, sweep_pending_media
+from app.workers.redis_retry import worker_redis_settings
 from app.workers.sending import send_message, sweep_pending_outbound
 
 
@@ -47,8 +47,8 @@ class WorkerSettings:
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = bind_job
-    redis_settings = RedisSettings.from_dsn(get_settings().redis.url)
-    health_check_interval = 30
+    redis_settings = worker_redis_settings(get_settings().redis.url)  # waits out a Redis outage
+    health_check_interval = get_settings().workers.health_check_s
     job_serializer = serialize_job
     job_deserializer = deserialize_job
 
@@ -65,7 +65,7 @@ class MediaWorkerSettings:
     on_startup = startup_media
     on_shutdown = shutdown
     on_job_start = bind_job
-    redis_settings = RedisSettings.from_dsn(get_settings().redis.url)
-    health_check_interval = 30
+    redis_settings = worker_redis_settings(get_settings().redis.url)  # waits out a Redis outage
+    health_check_interval = get_settings().workers.health_check_s
     job_serializer = serialize_job
     job_deserializer = deserialize_job
