@@ -64,6 +64,7 @@ def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
         WS_MAX_FRAME_BYTES=str(rt.max_frame_bytes),
         WS_FRAMES_PER_SECOND=str(rt.frames_per_second),
         WS_CATCH_UP_SECONDS=str(rt.catch_up_interval_s),
+        WS_REPLAY_CONCURRENCY=str(rt.replay_concurrency),
         CACHE_MEMORY_MAX_BYTES=str(settings.cache.memory_max_bytes),
         CACHE_MEMORY_TTL_SECONDS=str(settings.cache.memory_ttl_s),
         CACHE_REDIS_TTL_SECONDS=str(settings.cache.redis_ttl_s),

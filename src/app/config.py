@@ -100,6 +100,12 @@ class RealtimeSettings:
     frames_per_second: float = 20.0  # per connection, with a burst of twice that
     catch_up_interval_s: float = 2.0  # how often rooms are checked against Postgres for lost publishes
     replay_page: int = 200  # messages per query while replaying
+    # Replay / gap-fill / subscribe reads running at once per process (the rest wait their turn), so a
+    # reconnect storm cannot take the pool from ingest. 0: a quarter of the pool (DB_POOL_SIZE // 4, >= 1).
+    replay_concurrency: int = 0
+
+    def replay_reads(self, pool_size: int) -> int:
+        return self.replay_concurrency if self.replay_concurrency > 0 else max(1, pool_size // 4)
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,7 @@ class Settings:
                 catch_up_interval_s=float(
                     _env("WS_CATCH_UP_SECONDS") or RealtimeSettings.catch_up_interval_s
                 ),
+                replay_concurrency=_env_int("WS_REPLAY_CONCURRENCY", RealtimeSettings.replay_concurrency),
             ),
             cache=CacheSettings(
                 memory_max_bytes=_env_int("CACHE_MEMORY_MAX_BYTES", CacheSettings.memory_max_bytes),

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, RealtimeSettings, RedisSettings, Settings
 from app.domain.accounts.auth import TokenIssuer
+from app.server.run import cli_args
 from tests.bench import harness
 from tests.bench.ingest import evolution_body
 from tests.bench.loadgen import HttpConnection
@@ -41,8 +42,8 @@ from tests.databases import plain_dsn
 from tests.factories import Tenant, create_tenant
 from tests.process_rig import ApiProcess, api_processes, env_for
 
-# Like app.server.run (production): no per-message deflate, the protocol heartbeat as uvicorn's ping.
-UVICORN_ARGS = ["--ws-per-message-deflate", "False", "--ws-ping-interval", "25", "--ws-ping-timeout", "50"]
+# app.server.run's (production) WebSocket options: implementation, message size, keepalive, no deflate.
+UVICORN_ARGS = cli_args(RealtimeSettings())
 HTTP_CONNECTIONS_PER_PROCESS = 16  # to start with; more are opened when all are busy
 DRAIN_S = 10.0
 

@@ -9,6 +9,8 @@ sockets afterwards (none of the dropped ones left behind).
 
 A storm makes replays slow (every socket queries Postgres at once, through one pool). The second test holds
 a replay on purpose to show, deterministically, what a slow replay does to a socket that subscribes again.
+The third holds every replay of a storm, to show that they wait their turn (WS_REPLAY_CONCURRENCY) instead
+of taking the pool the webhooks commit through.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -260,3 +263,75 @@ async def test_a_resubscribe_while_a_catch_up_fill_runs_gets_each_message_once(
         finally:
             await locker.close()
             await close_followers([follower])
+
+
+@pytest.mark.parametrize("replay_reads", [1, 2])
+async def test_a_storm_of_held_replays_waits_its_turn_and_every_webhook_still_commits(
+    settings: Settings, session: AsyncSession, replay_reads: int
+) -> None:
+    """A pool of 4 connections and 24 sockets reconnecting at once with after_seq, their replays held by a
+    lock on `media` (every replay query joins it; text ingest never touches it). Without the limit the
+    held replays would take all 4 connections and every webhook would wait out the pool timeout (503).
+    With it, exactly `replay_reads` replays hold a connection and wait on the lock, the others wait in
+    line in the process, and webhooks posted meanwhile are answered 200 on their first attempt. When the
+    lock goes, every socket gets every message once and in order, those posted during the storm too."""
+    env = env_for(settings, DB_POOL_SIZE="4", DB_MAX_OVERFLOW="0", WS_REPLAY_CONCURRENCY=str(replay_reads))
+    with api_processes(1, env) as (api,):
+        tenant = await create_tenant(session)
+        instance = tenant.instance(GATEWAY)
+        chats = [f"55430000000{c:02d}" for c in range(4)]
+        seeds = text_webhooks(instance, chats, len(chats), "seed")
+        await Gateway(api).deliver(seeds)
+        truth = await read_truth(settings.db.url, [instance.id])
+        token = await login_token(api.base_url, tenant.agent.email, PASSWORD)
+        followers = [
+            Follower(api, token, [truth.conversation_of_chat[chat]]) for chat in chats for _ in range(6)
+        ]
+        locker = await asyncpg.connect(plain_dsn(settings.db.url))
+        try:
+            await start_followers(followers)
+            await wait_caught_up(followers, truth, timeout=30)
+            locking = locker.transaction()
+            await locking.start()
+            await locker.execute("LOCK TABLE media IN ACCESS EXCLUSIVE MODE")
+
+            for follower in followers:
+                follower.drop()
+            await eventually(
+                lambda: all(f.stats.connects == 2 for f in followers),
+                lambda: f"{sum(f.stats.connects == 2 for f in followers)}/{len(followers)} back",
+                timeout=30,
+            )
+            deadline = time.monotonic() + 15
+            while await _queries_waiting_for_media(locker) < replay_reads:  # the storm's replays, held
+                assert time.monotonic() < deadline, "the replays never reached the lock"
+                await asyncio.sleep(0.05)
+
+            load = text_webhooks(instance, chats, 12, "storm")
+            async with httpx.AsyncClient(base_url=api.base_url, timeout=30.0, trust_env=False) as http:
+                answers = await asyncio.gather(
+                    *(http.post(hook.path, content=hook.body, headers=hook.headers) for hook in load)
+                )
+            held = await _queries_waiting_for_media(locker)  # still the storm: nothing was released
+            await locking.rollback()
+
+            truth = await read_truth(settings.db.url, [instance.id])
+            await wait_caught_up(followers, truth, timeout=60)
+            await asyncio.sleep(1.0)  # a duplicate would arrive now
+            delivered = follower_counts(followers, truth)
+            report(
+                "replay_storm_bounded",
+                fault=f"{len(followers)} sockets reconnecting with after_seq while every replay is held "
+                f"(pool 4, WS_REPLAY_CONCURRENCY={replay_reads})",
+                replays_holding_a_connection=held,
+                webhook_statuses=sorted({r.status_code for r in answers}),
+                sockets=delivered,
+            )
+            assert [r.status_code for r in answers] == [200] * len(load), [r.text for r in answers]
+            assert held == replay_reads
+            assert_persisted_exactly_once(postgres_counts(truth, seeds + load), sent=len(seeds) + len(load))
+            assert_exactly_once_in_order(delivered)
+            assert delivered["reconnects"] == delivered["clients"] == len(followers), delivered
+        finally:
+            await locker.close()
+            await close_followers(followers)

@@ -138,7 +138,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     media_storage = MediaStorage.from_url(settings.media.storage_url)
     publisher = EventPublisher(redis, prefix, page_cache)
     jobs = JobQueue(settings.redis.url, prefix)
-    hub = Hub(settings.redis.url, prefix, History(sessions), settings.realtime, cache=page_cache)
+    hub = Hub(
+        settings.redis.url,
+        prefix,
+        History(sessions, settings.realtime.replay_reads(settings.db.pool_size)),
+        settings.realtime,
+        cache=page_cache,
+    )
     snapshots = ProcessSnapshots(redis, prefix, hub, page_cache)
     revocations.on_revoked(hub.close_revoked)
 

@@ -3,6 +3,14 @@
 uvicorn does the WebSocket keepalive: it pings every WS_HEARTBEAT_SECONDS and closes a connection whose
 pong has not come back within two intervals (two missed pings). Per-message deflate is off: frames are
 small JSON, and compressing them cost latency and memory per connection for little gain.
+
+The WebSocket implementation is named (websockets' sans-I/O protocol: no task or buffer of its own per
+connection) rather than left to uvicorn's `auto`, which would pick another if the installed packages
+changed. uvicorn buffers a whole message before the app sees it, 16 MiB by default; client frames are
+commands of at most WS_MAX_FRAME_BYTES, so it buffers that plus a margin: a frame a little too big still
+gets the app's `frame_too_large` answer on a socket that stays open, a bigger one closes it with 1009.
+
+The benchmarks start uvicorn with `cli_args()`, the same options on its command line.
 """
 
 from __future__ import annotations
@@ -11,24 +19,41 @@ import os
 
 import uvicorn
 
-from app.config import get_settings
+from app.config import RealtimeSettings, get_settings
+
+FRAME_MARGIN_BYTES = 64 * 1024
+
+
+def websocket_options(realtime: RealtimeSettings) -> dict[str, object]:
+    return {
+        "ws": "websockets-sansio",
+        "ws_max_size": realtime.max_frame_bytes + FRAME_MARGIN_BYTES,
+        "ws_ping_interval": realtime.heartbeat_s,
+        "ws_ping_timeout": 2 * realtime.heartbeat_s,
+        "ws_per_message_deflate": False,
+    }
+
+
+def cli_args(realtime: RealtimeSettings) -> list[str]:
+    """`websocket_options` as `uvicorn` command-line arguments."""
+    args = []
+    for name, value in websocket_options(realtime).items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
 
 
 def main() -> None:
     settings = get_settings()
-    heartbeat = settings.realtime.heartbeat_s
     uvicorn.run(
         "app.asgi:app",
         host=os.environ.get("HOST", "127.0.0.1"),
         port=int(os.environ.get("PORT", "3001")),
         workers=int(os.environ.get("WEB_CONCURRENCY", "1")),
-        ws_ping_interval=heartbeat,
-        ws_ping_timeout=2 * heartbeat,
-        ws_per_message_deflate=False,
         timeout_graceful_shutdown=int(os.environ.get("GRACEFUL_SHUTDOWN_SECONDS", "20")),
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         access_log=os.environ.get("ACCESS_LOG", "1") == "1",
+        **websocket_options(settings.realtime),  # type: ignore[arg-type]
     )
 
 

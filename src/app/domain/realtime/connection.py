@@ -4,6 +4,11 @@ Per room the connection remembers the highest seq it has sent (`delivered`). Liv
 events at delivered+1 go straight out; older ones are duplicates and dropped; newer ones mean a gap (an
 out-of-order publish from another process, or a lost one), so the room is filled from Postgres first.
 While a replay or fill runs, live events for that room wait in `pending` and are merged after it.
+
+Most sockets are idle most of the time, and an API process holds thousands, so an idle one costs only what
+it must: the handler's own task reads the client's frames (no reader task), and the outgoing deque, the
+writer task and the wait for room in it exist only while frames are waiting to go out. `__slots__`
+throughout: no instance dict per socket.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -61,6 +67,8 @@ class RoomCursor:
 class TokenBucket:
     """Client frames allowed per second, with a burst; flooding beyond it closes the socket."""
 
+    __slots__ = ("capacity", "clock", "rate", "refused", "stamp", "tokens")
+
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.capacity = rate, 2 * rate
         self.tokens, self.clock, self.stamp = self.capacity, clock, clock()
@@ -79,6 +87,23 @@ class TokenBucket:
 
 
 class Connection:
+    __slots__ = (
+        "_fills",
+        "_out",
+        "_space",
+        "_writer",
+        "agent",
+        "bucket",
+        "closing",
+        "history",
+        "hub",
+        "id",
+        "max_queued",
+        "rooms",
+        "settings",
+        "socket",
+    )
+
     def __init__(
         self, socket: WebSocket, agent: CurrentAgent, hub: Hub, history: History, settings: RealtimeSettings
     ) -> None:
@@ -89,33 +114,62 @@ class Connection:
         self.history = history
         self.settings = settings
         self.rooms: dict[UUID, RoomCursor] = {}
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max(settings.queue_size, 2))
         self.closing: tuple[int, str] | None = None
         self.bucket = TokenBucket(settings.frames_per_second)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.max_queued = max(settings.queue_size, 2)  # frames waiting; None (the close) not counted
+        # Only while frames wait: the frames (None: close after them), the task sending them, and the
+        # event a replay waits on for room in the deque.
+        self._out: deque[str | None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._space: asyncio.Event | None = None
+        self._fills: set[asyncio.Task[None]] | None = None
 
     @property
     def org_id(self) -> UUID:
         return self.agent.org_id
 
+    async def run(self) -> None:
+        """The socket's life, in the handler's task: read the client's frames until it leaves or the socket
+        is closed (the ASGI server answers our close with `websocket.disconnect`), then let what is queued
+        go out, the close frame last."""
+        try:
+            await self._read()
+        except Exception:
+            log.exception("websocket failed", connection_id=self.id)
+        self.close_soon(1000, "")  # the client left or its frames ended; a no-op when we closed it
+        if (writer := self._writer) is not None:
+            await asyncio.wait({writer}, timeout=5)
+
+    def cancel_tasks(self) -> None:
+        for task in (*(self._fills or ()), self._writer):
+            if task is not None:
+                task.cancel()
+
     # -- outgoing -------------------------------------------------------------------------------
+    def queued(self) -> int:
+        return len(self._out) if self._out is not None else 0
+
     def send(self, frame: str) -> None:
         """Queue a frame without waiting (the hub's path): a full queue means a slow consumer."""
         if self.closing is not None:
             return
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if self.queued() >= self.max_queued:
             log.warning("websocket consumer too slow", connection_id=self.id, user_id=str(self.agent.id))
             self.close_soon(CLOSE_TRY_AGAIN_LATER, "slow consumer", resync=True)
+            return
+        self._push(frame)
 
     def send_frame(self, frame: ServerFrame) -> None:
         self.send(encode(frame))
 
     async def send_in_order(self, frame: ServerFrame) -> None:
-        """Queue a frame, waiting for room (replays: only this connection's own task waits)."""
+        """Queue a frame, waiting for room (replays: only this connection's own tasks wait)."""
+        while self.closing is None and self.queued() >= self.max_queued:
+            if self._space is None:
+                self._space = asyncio.Event()
+            await self._space.wait()
         if self.closing is None:
-            await self.queue.put(encode(frame))
+            self._push(encode(frame))
 
     def close_soon(self, code: int, reason: str, *, resync: bool = False, drop_queued: bool = False) -> None:
         """Tell the client why and close. With a resync, what is queued is dropped (the client reloads
@@ -124,26 +178,56 @@ class Connection:
         if self.closing is not None:
             return
         self.closing = (code, reason)
-        if resync or drop_queued or self.queue.full():
-            while not self.queue.empty():
-                self.queue.get_nowait()
+        if self._out is not None and (resync or drop_queued or len(self._out) >= self.max_queued):
+            self._out.clear()
         if reason == "slow consumer":
             self.hub.counters.slow_consumers += 1
         if resync:
             self.hub.counters.resyncs += 1
-            self.queue.put_nowait(encode(Resync(reason=reason)))
-        self.queue.put_nowait(None)
+            self._push(encode(Resync(reason=reason)))
+        self._push(None)
+        self._wake_replays()  # they see `closing` and stop
 
-    async def run_writer(self) -> None:
-        while (frame := await self.queue.get()) is not None:
-            await self.socket.send_text(frame)
-            self.hub.counters.frames_sent += 1
-            metrics.WS_FRAMES.inc()
-        code, reason = self.closing or (1000, "")
-        await self.socket.close(code=code, reason=reason)
+    def _push(self, frame: str | None) -> None:
+        out = self._out
+        if out is None:
+            out = self._out = deque()
+        out.append(frame)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(out))
+
+    def _wake_replays(self) -> None:
+        if self._space is not None:
+            self._space.set()
+            self._space = None
+
+    async def _write(self, out: deque[str | None]) -> None:
+        """Send what is queued, in order, and end when nothing is left (the next frame starts a new one)."""
+        try:
+            while out:
+                frame = out.popleft()
+                if len(out) < self.max_queued:
+                    self._wake_replays()
+                if frame is None:
+                    code, reason = self.closing or (1000, "")
+                    await self.socket.close(code=code, reason=reason)
+                    return
+                await self.socket.send_text(frame)
+                self.hub.counters.frames_sent += 1
+                metrics.WS_FRAMES.inc()
+        except Exception as exc:  # the client is gone: the reader gets `websocket.disconnect` and ends
+            log.info("websocket send failed", connection_id=self.id, error=type(exc).__name__)
+            if self.closing is None:
+                self.closing = (1006, "send failed")
+            out.clear()
+            self._wake_replays()
+        finally:
+            self._writer = None
+            if self._out is out and not out:
+                self._out = None
 
     # -- incoming -------------------------------------------------------------------------------
-    async def run_reader(self) -> None:
+    async def _read(self) -> None:
         while self.closing is None:
             event = await self.socket.receive()
             if event["type"] == "websocket.disconnect":
@@ -221,7 +305,7 @@ class Connection:
     def _deliver(self, conversation_id: UUID, cursor: RoomCursor, envelope: Envelope) -> None:
         if cursor.busy:
             cursor.pending.append(envelope)
-            if len(cursor.pending) > self.queue.maxsize:
+            if len(cursor.pending) > self.max_queued:
                 self.close_soon(CLOSE_TRY_AGAIN_LATER, "slow consumer", resync=True)
             return
         if envelope.kind is EventKind.MESSAGE_CREATED:
@@ -243,7 +327,7 @@ class Connection:
                     conversation_id, cursor.delivered, self.settings.replay_page
                 )
                 for message in page:
-                    if self.rooms.get(conversation_id) is not cursor:
+                    if self.rooms.get(conversation_id) is not cursor or self.closing is not None:
                         return  # re-subscribed (or left) meanwhile: the new subscription replays itself
                     await self.send_in_order(MessageCreated(conversation_id, message.seq, message))
                     cursor.delivered = message.seq
@@ -268,10 +352,8 @@ class Connection:
             self._deliver(conversation_id, cursor, envelope)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._fills is None:
+            self._fills = set()
         task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def cancel_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        self._fills.add(task)
+        task.add_done_callback(self._fills.discard)

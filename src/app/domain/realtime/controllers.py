@@ -76,20 +76,10 @@ async def realtime_socket(
     connection.send_frame(
         Ready(user_id=agent.id, connection_id=connection.id, heartbeat_s=settings.realtime.heartbeat_s)
     )
-    reader = asyncio.create_task(connection.run_reader())
-    writer = asyncio.create_task(connection.run_writer())
     try:
-        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if reader in done and writer not in done:
-            # The client went away (or its frames ended): let the writer close the socket properly.
-            connection.close_soon(1000, "")
-            await asyncio.wait({writer}, timeout=5)
-    except Exception:
-        log.exception("websocket failed", connection_id=connection.id)
+        await connection.run()
     finally:
         expiry.cancel()
-        for task in (reader, writer):
-            task.cancel()
         connection.cancel_tasks()
         hub.unregister(connection)
         code = connection.closing[0] if connection.closing else None

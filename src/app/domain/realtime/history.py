@@ -2,10 +2,16 @@
 
 A socket lives for hours; holding a session (and a pooled connection) for its life would exhaust the pool
 with idle agents, so every read opens and closes its own (ARCHITECTURE pitfalls).
+
+Those short reads still come from the pool webhooks commit through, and a reconnect storm (every socket of
+a process back at once, each subscribing with `after_seq`) starts hundreds of them together. At most
+`concurrency` run at a time (WS_REPLAY_CONCURRENCY); the rest wait here, in line, instead of in the pool,
+where each webhook would have queued behind them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
@@ -18,12 +24,14 @@ from app.domain.conversations.services import message_out
 
 
 class History:
-    def __init__(self, sessionmaker: Callable[[], AsyncSession]) -> None:
+    def __init__(self, sessionmaker: Callable[[], AsyncSession], concurrency: int) -> None:
         self._sessionmaker = sessionmaker
+        self.concurrency = max(1, concurrency)
+        self._reads = asyncio.Semaphore(self.concurrency)
 
     async def room_last_seq(self, org_id: UUID, conversation_id: UUID) -> int | None:
         """The conversation's last seq, or None when it does not exist for this organisation."""
-        async with self._sessionmaker() as session:
+        async with self._reads, self._sessionmaker() as session:
             last_seq: int | None = await session.scalar(
                 select(Conversation.last_seq).where(
                     Conversation.id == conversation_id, Conversation.org_id == org_id
@@ -32,7 +40,7 @@ class History:
             return last_seq
 
     async def messages_after(self, conversation_id: UUID, after_seq: int, limit: int) -> list[MessageOut]:
-        async with self._sessionmaker() as session:
+        async with self._reads, self._sessionmaker() as session:
             rows = (
                 await session.execute(
                     select(Message, Media)
@@ -45,7 +53,7 @@ class History:
             return [message_out(row.Message, row.Media) for row in rows]
 
     async def last_seqs(self, conversation_ids: Sequence[UUID]) -> dict[UUID, int]:
-        async with self._sessionmaker() as session:
+        async with self._reads, self._sessionmaker() as session:
             rows = await session.execute(
                 select(Conversation.id, Conversation.last_seq).where(Conversation.id.in_(conversation_ids))
             )
