@@ -42,6 +42,7 @@ def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
         PUBLIC_BASE_URL=app.public_base_url,
         CORS_ALLOWED_ORIGINS=",".join(app.cors_allowed_origins),
         WEBHOOK_MAX_BODY_BYTES=str(app.webhook_max_body_bytes),
+        WEBHOOK_INSTANCE_CACHE_SECONDS=str(app.webhook_instance_cache_s),
         LOG_LEVEL=app.log_level,
         LOG_FORMAT="json" if app.log_json else "console",
         DATABASE_URL=db.url,

@@ -145,6 +145,8 @@ class AppSettings:
     # Gateways push media as inline base64 (wppconnect-server #1775, evolution-api #956): 16 MiB of video
     # is ~22 MiB of base64 plus JSON, so the default admits that and refuses anything bigger.
     webhook_max_body_bytes: int = 24 * 1024 * 1024
+    # How long a process trusts an instance a webhook found (secret, org): see gateways/recent_instances.py.
+    webhook_instance_cache_s: float = 5.0
     log_level: str = "INFO"
     log_json: bool = True
     metrics_token: str | None = field(default=None, repr=False)  # enables /metrics for this bearer token
@@ -211,6 +213,9 @@ class Settings:
                 public_base_url=(_env("PUBLIC_BASE_URL", AppSettings.public_base_url) or "").rstrip("/"),
                 cors_allowed_origins=_env_list("CORS_ALLOWED_ORIGINS", ["http://localhost:5173"]),
                 webhook_max_body_bytes=_env_int("WEBHOOK_MAX_BODY_BYTES", AppSettings.webhook_max_body_bytes),
+                webhook_instance_cache_s=float(
+                    _env("WEBHOOK_INSTANCE_CACHE_SECONDS") or AppSettings.webhook_instance_cache_s
+                ),
                 log_level=_env("LOG_LEVEL", "INFO") or "INFO",
                 log_json=(_env("LOG_FORMAT", "json") == "json"),
                 metrics_token=_env("METRICS_TOKEN"),

@@ -34,6 +34,7 @@ from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
 from app.domain.conversations.reads import PageReader
 from app.domain.gateways.controllers import WebhookController
+from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
 from app.domain.media.controllers import MediaController
 from app.domain.media.storage import MediaStorage
@@ -196,6 +197,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "webhook_throttle": WebhookAuthThrottle(
                     redis, prefix, settings.auth.webhook_auth_failures_per_minute
                 ),
+                "recent_instances": RecentInstances(settings.app.webhook_instance_cache_s),
             }
         ),
         dependencies={

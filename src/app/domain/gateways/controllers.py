@@ -7,6 +7,7 @@ from litestar.params import FromPath
 from app.domain.gateways.base import WebhookHead
 from app.domain.gateways.cloudapi.webhook import verify_subscription
 from app.domain.gateways.instances import credentials_of
+from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.gateways.service import WebhookService
 from app.domain.gateways.webhook_throttle import refuse_throttled_clients, webhook_throttle_of
@@ -16,6 +17,11 @@ from app.lib.errors import problem
 from app.lib.jobs import JobQueue
 from app.lib.openapi import problems
 from app.lib.throttle import client_address
+
+
+def recent_instances_of(request: Request) -> RecentInstances:
+    recent: RecentInstances = request.app.state.recent_instances
+    return recent
 
 
 class WebhookController(Controller):
@@ -52,7 +58,7 @@ class WebhookController(Controller):
         # No body parameter: the service reads it (request.body) only once the headers let it.
         head = WebhookHead(headers=request.headers, query=dict(request.query_params))
         async with webhook_throttle_of(request).counting_failures(client_address(request)):
-            result = await WebhookService(db_session, publisher, jobs).receive(
+            result = await WebhookService(db_session, publisher, jobs, recent_instances_of(request)).receive(
                 gateway, instance, head, request.body
             )
         return WebhookAck(
@@ -82,5 +88,7 @@ class WebhookController(Controller):
         if gateway != "cloudapi":
             raise problem(404, f"no GET handshake for gateway '{gateway}'")
         async with webhook_throttle_of(request).counting_failures(client_address(request)):
-            found = await WebhookService(db_session).find_instance(gateway, instance)
+            found = await WebhookService(db_session, recent=recent_instances_of(request)).find_instance(
+                gateway, instance
+            )
             return verify_subscription(dict(request.query_params), credentials_of(found))

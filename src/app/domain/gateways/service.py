@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import structlog
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import GatewayKind
@@ -18,6 +18,7 @@ from app.domain.conversations.ingest import IngestResult, IngestService
 from app.domain.gateways.base import WebhookHead, WebhookRequest, WebhookTargetUnknown
 from app.domain.gateways.events import GatewayEvent, IgnoredEvent
 from app.domain.gateways.instances import ReceivingInstance, credentials_of, find_receiving_instance
+from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.registry import get_adapter
 from app.domain.realtime.events import envelopes_for_ingest
 from app.domain.realtime.publisher import EventPublisher
@@ -30,6 +31,7 @@ log = structlog.get_logger()
 
 # Postgres aborts one side of a deadlock / serialisation conflict; the webhook is simply applied again.
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
+_FOREIGN_KEY_VIOLATION = "23503"  # the instance was deleted after it was looked up (RecentInstances)
 _MAX_ATTEMPTS = 3
 
 
@@ -71,23 +73,32 @@ def _reject_foreign_accounts(instance: ReceivingInstance, events: list[GatewayEv
 
 class WebhookService:
     def __init__(
-        self, session: AsyncSession, publisher: EventPublisher | None = None, jobs: JobQueue | None = None
+        self,
+        session: AsyncSession,
+        publisher: EventPublisher | None = None,
+        jobs: JobQueue | None = None,
+        recent: RecentInstances | None = None,
     ) -> None:
         self.session = session
         self.publisher = publisher
         self.jobs = jobs
+        self.recent = recent or RecentInstances(ttl_s=0)
 
     async def find_instance(self, gateway: str, instance_name: str) -> ReceivingInstance:
         try:
             kind = GatewayKind(gateway)
         except ValueError:
             raise WebhookTargetUnknown(f"unknown gateway '{gateway}'") from None
+        instance = self.recent.get(kind, instance_name)
+        if instance is not None:
+            return instance
         instance = await find_receiving_instance(self.session, kind, instance_name)
         # The lookup's transaction ends here: its connection goes back to the pool instead of waiting on
         # an upload (a slow body must not hold a database connection).
         await self.session.rollback()
         if instance is None:
             raise WebhookTargetUnknown(f"unknown {gateway} instance '{instance_name}'")
+        self.recent.put(instance)
         return instance
 
     async def receive(
@@ -120,6 +131,9 @@ class WebhookService:
                 await self.session.commit()
             except DBAPIError as exc:
                 await self.session.rollback()
+                if isinstance(exc, IntegrityError) and _sqlstate(exc) == _FOREIGN_KEY_VIOLATION:
+                    self.recent.forget(instance.gateway, instance.name)
+                    raise WebhookTargetUnknown(f"unknown {gateway} instance '{instance_name}'") from None
                 if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < _MAX_ATTEMPTS:
                     log.warning("webhook transaction retried", sqlstate=_sqlstate(exc), attempt=attempt)
                     continue

@@ -1,0 +1,52 @@
+"""The instances recent webhooks were addressed to, kept for a few seconds in each API process.
+
+A gateway sends a stream of webhooks to one instance. Looking the instance up in Postgres for each of them
+cost a transaction of its own before the body could be read (the lookup must end before a slow upload,
+see WebhookService) — a third of a webhook's database round trips. With the instance remembered, a webhook
+reads its body and verifies it with no database work, and its only transaction is the ingest.
+
+The price: a change to an instance (secret rotated, deactivated, deleted) reaches each process within
+`WEBHOOK_INSTANCE_CACHE_SECONDS` (default 5; 0 turns this off). An ingest for an instance deleted meanwhile
+fails its foreign key and answers 404, as an unknown instance does. Only found instances are kept: a name
+nobody configured always asks Postgres, so probing fills nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from app.db.models import GatewayKind
+from app.domain.gateways.instances import ReceivingInstance
+
+
+class RecentInstances:
+    def __init__(
+        self, ttl_s: float, max_entries: int = 1024, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[tuple[GatewayKind, str], tuple[float, ReceivingInstance]] = OrderedDict()
+
+    def get(self, gateway: GatewayKind, name: str) -> ReceivingInstance | None:
+        entry = self._entries.get((gateway, name))
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[(gateway, name)]
+            return None
+        return entry[1]
+
+    def put(self, instance: ReceivingInstance) -> None:
+        if self.ttl_s <= 0:
+            return
+        key = (instance.gateway, instance.name)
+        self._entries[key] = (self._clock() + self.ttl_s, instance)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self, gateway: GatewayKind, name: str) -> None:
+        self._entries.pop((gateway, name), None)
