@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         asyncpg_dsn(settings.db.listen_url or settings.db.url),
         token_ttl_s=settings.auth.token_ttl_seconds,
         check_interval_s=settings.auth.revocation_check_s,
+        standing_reads=max(1, settings.db.pool_size // 4),  # a quarter of the pool, as replays by default
         statement_cache_size=settings.db.statement_cache_size,
     )
     verified_tokens = VerifiedTokens(revocations)

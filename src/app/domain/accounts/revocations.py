@@ -61,6 +61,7 @@ class TokenRevocations:
         *,
         token_ttl_s: float,
         check_interval_s: float,
+        standing_reads: int = 1,
         statement_cache_size: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -72,7 +73,9 @@ class TokenRevocations:
         self._clock = clock
         self._generations: dict[UUID, tuple[int, float]] = {}  # agent → (lowest valid generation, noted at)
         self._callbacks: list[Revoked] = []
-        self.listening = False
+        # After a deploy every reconnecting socket brings a token the new process has not seen: those
+        # standing reads wait their turn here instead of taking the pool webhooks commit through.
+        self._standing_reads = asyncio.Semaphore(max(1, standing_reads))
         self.loaded = asyncio.Event()
 
     def on_revoked(self, callback: Revoked) -> None:
@@ -87,7 +90,7 @@ class TokenRevocations:
         """The authoritative check for a token seen for the first time: the agent exists, is active and has
         not moved past this generation. With the database unreachable, what this process has heard."""
         try:
-            async with self._engine.connect() as connection:
+            async with self._standing_reads, self._engine.connect() as connection:
                 standing = (
                     await connection.execute(
                         select(Agent.token_generation, Agent.is_active).where(Agent.id == agent_id)
@@ -133,14 +136,12 @@ class TokenRevocations:
             else:
                 attempt = 0
             finally:
-                self.listening = False
                 connection.terminate()
 
     async def _listen(self, connection: asyncpg.Connection[Any]) -> None:
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _: lost.set())
         await connection.add_listener(CHANNEL, self._on_notification)
-        self.listening = True
         while not lost.is_set():
             # After LISTEN, so a revocation committed from here on is either in this read or notified.
             await self._reload(connection)

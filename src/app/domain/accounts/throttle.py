@@ -18,7 +18,6 @@ class LoginThrottle:
         self._budget = ClientThrottle(
             redis, f"{key_prefix}:login-attempts", per_minute, "too many login attempts; try again later"
         )
-        self.per_minute = per_minute
 
     async def check(self, client: str) -> None:
         self._budget.refuse_if_over(await self._budget.count(client))
