@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     snapshots = ProcessSnapshots(redis, prefix, hub, page_cache)
     revocations.on_revoked(hub.close_revoked)
+    recent_instances = RecentInstances(settings.app.webhook_instance_cache_s)
 
     @asynccontextmanager
     async def realtime_lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -198,7 +199,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "webhook_throttle": WebhookAuthThrottle(
                     redis, prefix, settings.auth.webhook_auth_failures_per_minute
                 ),
-                "recent_instances": RecentInstances(settings.app.webhook_instance_cache_s),
             }
         ),
         dependencies={
@@ -210,6 +210,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "media_storage": Provide(lambda: media_storage, use_cache=True, sync_to_thread=False),
             "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
             "verified_tokens": Provide(lambda: verified_tokens, use_cache=True, sync_to_thread=False),
+            "recent_instances": Provide(lambda: recent_instances, use_cache=True, sync_to_thread=False),
             "snapshots": Provide(lambda: snapshots, use_cache=True, sync_to_thread=False),
         },
         plugins=[

@@ -19,11 +19,6 @@ from app.lib.openapi import problems
 from app.lib.throttle import client_address
 
 
-def recent_instances_of(request: Request) -> RecentInstances:
-    recent: RecentInstances = request.app.state.recent_instances
-    return recent
-
-
 class WebhookController(Controller):
     """Gateways post here. Not behind JWT: each request is verified by its instance's secret or signature;
     addresses that fail verification too often are refused for a while (`webhook_throttle`)."""
@@ -54,11 +49,12 @@ class WebhookController(Controller):
         db_session: DbSession,
         publisher: NamedDependency[EventPublisher],
         jobs: NamedDependency[JobQueue],
+        recent_instances: NamedDependency[RecentInstances],
     ) -> WebhookAck:
         # No body parameter: the service reads it (request.body) only once the headers let it.
         head = WebhookHead(headers=request.headers, query=dict(request.query_params))
         async with webhook_throttle_of(request).counting_failures(client_address(request)):
-            result = await WebhookService(db_session, publisher, jobs, recent_instances_of(request)).receive(
+            result = await WebhookService(db_session, publisher, jobs, recent_instances).receive(
                 gateway, instance, head, request.body
             )
         return WebhookAck(
@@ -82,13 +78,16 @@ class WebhookController(Controller):
         ),
     )
     async def cloudapi_handshake(
-        self, request: Request, gateway: FromPath[str], instance: FromPath[str], db_session: DbSession
+        self,
+        request: Request,
+        gateway: FromPath[str],
+        instance: FromPath[str],
+        db_session: DbSession,
+        recent_instances: NamedDependency[RecentInstances],
     ) -> str:
         # Same path as the POST (a static "cloudapi" segment would shadow it); only Cloud API has a handshake.
         if gateway != "cloudapi":
             raise problem(404, f"no GET handshake for gateway '{gateway}'")
         async with webhook_throttle_of(request).counting_failures(client_address(request)):
-            found = await WebhookService(db_session, recent=recent_instances_of(request)).find_instance(
-                gateway, instance
-            )
+            found = await WebhookService(db_session, recent=recent_instances).find_instance(gateway, instance)
             return verify_subscription(dict(request.query_params), credentials_of(found))
