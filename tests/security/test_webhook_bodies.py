@@ -1,4 +1,4 @@
-"""Webhook bodies under hostile load (issue 12, finding 2).
+"""Webhook bodies under hostile load (issue 12, finding 2; finding 12's text cap).
 
 Anyone who knows an instance's name can make the API read a body before it can judge the request: Cloud API's
 signature and Evolution's in-body `apikey` are over, or in, the body. These tests prove that such unverified
@@ -29,12 +29,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db.models import Media, WhatsAppInstance
+from app.db.models import Media, Message, WhatsAppInstance
+from app.domain.conversations.storable import MAX_TEXT_CHARS, TRUNCATION_MARKER
 from app.domain.gateways.webhook_body import UNVERIFIED_READ_WAIT_S
 from tests.factories import create_tenant
 from tests.process_rig import ApiProcess, api_processes, env_for
 from tests.security.support import row_counts
-from tests.security.test_webhook_entry import CHUNK, deliver, from_address, live_app, text_body
+from tests.security.test_webhook_entry import CHUNK, TEXT, deliver, from_address, live_app, text_body
 from tests.webhooks import fixture_for, signed_headers, with_message_id
 
 MiB = 1024 * 1024
@@ -332,3 +333,31 @@ async def test_unverified_reads_beyond_the_budget_wait_briefly_then_get_503_whil
             f"\nbudget of {reads} unverified reads held: one more waited {waited:.2f} s -> 503; retried: 200"
         )
     assert (await row_counts(engine, tenant.org_id))["messages"] == reads + 2
+
+
+# --- text longer than WhatsApp allows ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gateway", ["wppconnect", "evolution", "cloudapi"])
+async def test_an_inbound_text_over_65536_characters_is_stored_capped_and_kept_whole_in_raw(
+    gateway: str, api: ApiProcess, session: AsyncSession, engine: AsyncEngine
+):
+    tenant = await create_tenant(session)
+    instance = tenant.instance(gateway)
+    text = "é" + secrets.token_hex(40_000)  # 80,001 characters, > WhatsApp's 65,536
+    data = with_message_id(gateway, fixture_for(gateway, TEXT[gateway], instance), "LONGTEXT1", text=text)
+    body = json.dumps(data).encode()
+    async with from_address("127.0.0.23") as http:
+        response = await http.post(
+            f"{api.base_url}/api/webhooks/{gateway}/{instance.name}",
+            content=body,
+            headers=signed_headers(gateway, body, instance),
+        )
+    assert response.status_code == 200 and response.json()["created"] == 1, response.text
+    async with async_sessionmaker(engine)() as s:
+        stored = (await s.execute(select(Message).where(Message.org_id == tenant.org_id))).scalar_one()
+    assert stored.body is not None and len(stored.body) == MAX_TEXT_CHARS, len(stored.body or "")
+    assert stored.body.endswith(TRUNCATION_MARKER)
+    assert stored.body == text[: MAX_TEXT_CHARS - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+    assert text in json.dumps(stored.raw, ensure_ascii=False), "the whole text is kept in raw"
+    print(f"\n{gateway}: {len(text)} characters -> body {len(stored.body)}, raw keeps all")
