@@ -145,6 +145,13 @@ class AppSettings:
     # Gateways push media as inline base64 (wppconnect-server #1775, evolution-api #956): 16 MiB of video
     # is ~22 MiB of base64 plus JSON, so the default admits that and refuses anything bigger.
     webhook_max_body_bytes: int = 24 * 1024 * 1024
+    # Cloud API never inlines media (its webhooks are KBs, media comes by id): a smaller limit (issue 12).
+    webhook_cloudapi_max_body_bytes: int = 1024 * 1024
+    # Bodies read before the request is verified (Cloud API's signature, Evolution's in-body apikey), per
+    # process: at most this many at once and this many bytes (Content-Length, else the gateway's limit);
+    # the rest wait briefly, then 503 + Retry-After (see gateways/webhook_body.py).
+    webhook_unverified_reads: int = 16
+    webhook_unverified_bytes: int = 48 * 1024 * 1024
     # How long a process trusts an instance a webhook found (secret, org): see gateways/recent_instances.py.
     webhook_instance_cache_s: float = 5.0
     log_level: str = "INFO"
@@ -213,6 +220,15 @@ class Settings:
                 public_base_url=(_env("PUBLIC_BASE_URL", AppSettings.public_base_url) or "").rstrip("/"),
                 cors_allowed_origins=_env_list("CORS_ALLOWED_ORIGINS", ["http://localhost:5173"]),
                 webhook_max_body_bytes=_env_int("WEBHOOK_MAX_BODY_BYTES", AppSettings.webhook_max_body_bytes),
+                webhook_cloudapi_max_body_bytes=_env_int(
+                    "WEBHOOK_CLOUDAPI_MAX_BODY_BYTES", AppSettings.webhook_cloudapi_max_body_bytes
+                ),
+                webhook_unverified_reads=_env_int(
+                    "WEBHOOK_UNVERIFIED_READS", AppSettings.webhook_unverified_reads
+                ),
+                webhook_unverified_bytes=_env_int(
+                    "WEBHOOK_UNVERIFIED_BYTES", AppSettings.webhook_unverified_bytes
+                ),
                 webhook_instance_cache_s=float(
                     _env("WEBHOOK_INSTANCE_CACHE_SECONDS") or AppSettings.webhook_instance_cache_s
                 ),

@@ -35,6 +35,7 @@ from app.domain.conversations.controllers import ConversationController
 from app.domain.conversations.reads import PageReader
 from app.domain.gateways.controllers import WebhookController
 from app.domain.gateways.recent_instances import RecentInstances
+from app.domain.gateways.webhook_body import WebhookBodies
 from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
 from app.domain.media.controllers import MediaController
 from app.domain.media.storage import MediaStorage
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     snapshots = ProcessSnapshots(redis, prefix, hub, page_cache)
     revocations.on_revoked(hub.close_revoked)
     recent_instances = RecentInstances(settings.app.webhook_instance_cache_s)
+    webhook_bodies = WebhookBodies.from_settings(settings.app)
 
     @asynccontextmanager
     async def realtime_lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -176,7 +178,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     webhooks = Router(
         path="/",
         route_handlers=[WebhookController],
-        request_max_body_size=settings.app.webhook_max_body_bytes,
+        request_max_body_size=webhook_bodies.largest_limit,  # each gateway's own limit: webhook_body.py
     )
     app = Litestar(
         route_handlers=[
@@ -211,6 +213,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
             "verified_tokens": Provide(lambda: verified_tokens, use_cache=True, sync_to_thread=False),
             "recent_instances": Provide(lambda: recent_instances, use_cache=True, sync_to_thread=False),
+            "webhook_bodies": Provide(lambda: webhook_bodies, use_cache=True, sync_to_thread=False),
             "snapshots": Provide(lambda: snapshots, use_cache=True, sync_to_thread=False),
         },
         plugins=[

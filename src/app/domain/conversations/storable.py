@@ -3,6 +3,12 @@
 U+0000 becomes U+FFFD (Postgres refuses NUL in text and JSONB), ids longer than their column are refused
 (422: cutting them would merge distinct messages), display fields are cut to their column, sizes outside
 BIGINT are dropped. Column sizes are read from the models, so a migration cannot leave them stale.
+
+A message text or caption is capped at WhatsApp's own limit, MAX_TEXT_CHARS (65,536 characters; issue 12:
+before, only the 24 MiB body limit bounded it, and such a text went whole into every page, preview and
+WebSocket frame). A longer one is stored, not refused — refusing would lose a message, and WPPConnect never
+retries — cut to the limit with TRUNCATION_MARKER as its end, so agents see it was cut; the message's `raw`
+payload keeps the text whole, so nothing is lost. (Outbound texts are refused above 4,096 characters.)
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ _MEDIA_REF_LENGTH = _max_length(Media.gateway_ref)
 _FILENAME_LENGTH = _max_length(Media.filename)
 _MIME_TYPE_LENGTH = _max_length(Media.mime_type)
 _BIGINT_MAX = 2**63 - 1
+MAX_TEXT_CHARS = 65_536  # WhatsApp's limit for a message text
+TRUNCATION_MARKER = " […truncated]"
 _NUL = "\x00"
 _REPLACEMENT = "\ufffd"
 
@@ -67,6 +75,12 @@ def _truncated(value: str | None, limit: int) -> str | None:
     return value[:limit] if value is not None else None  # display only: a cut name is still a name
 
 
+def _capped_text(value: str | None) -> str | None:
+    if value is None or len(value) <= MAX_TEXT_CHARS:
+        return value
+    return value[: MAX_TEXT_CHARS - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
 def _storable_media(media: MediaRef) -> MediaRef:
     size = media.size_bytes
     return msgspec.structs.replace(
@@ -96,7 +110,7 @@ def storable(event: GatewayEvent) -> GatewayEvent:
         ),
         chat_id=_fitted_id(_scrub(event.chat_id), _WA_ID_LENGTH, "chat id"),
         contact_name=_truncated(_scrub_optional(event.contact_name), _CONTACT_NAME_LENGTH),
-        body=_scrub_optional(event.body),
+        body=_capped_text(_scrub_optional(event.body)),  # the whole text stays in raw
         media=_storable_media(event.media) if event.media else None,
         raw=_scrub_json(event.raw) if event.raw is not None else None,
     )

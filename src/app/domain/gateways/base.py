@@ -58,7 +58,8 @@ class WebhookHead:
 class WebhookRequest(WebhookHead):
     """The parts of an HTTP request an adapter may look at, body included."""
 
-    body: bytes
+    # `verify` sees the unverified body in the one buffer it was read into (webhook_body), never a copy.
+    body: bytes | bytearray
 
 
 class GatewayAdapter(Protocol):

@@ -10,6 +10,7 @@ from app.domain.gateways.instances import credentials_of
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.gateways.service import WebhookService
+from app.domain.gateways.webhook_body import WebhookBodies
 from app.domain.gateways.webhook_throttle import refuse_throttled_clients, webhook_throttle_of
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
@@ -35,10 +36,10 @@ class WebhookController(Controller):
             (400, "The body is not valid JSON"),
             (401, "The instance's webhook secret or signature is missing or wrong"),
             (404, "Unknown gateway or instance"),
-            (413, "The body is larger than WEBHOOK_MAX_BODY_BYTES"),
+            (413, "The body is larger than the gateway's limit (WEBHOOK_MAX_BODY_BYTES; Cloud API 1 MiB)"),
             (422, "Not this gateway's payload shape, addressed to another account, or a field out of bounds"),
             (429, "Too many failed verifications from this address lately (Retry-After)"),
-            503,
+            (503, "Database unavailable, or too many unverified bodies being read (Retry-After)"),
         ),
     )
     async def receive(
@@ -50,12 +51,13 @@ class WebhookController(Controller):
         publisher: NamedDependency[EventPublisher],
         jobs: NamedDependency[JobQueue],
         recent_instances: NamedDependency[RecentInstances],
+        webhook_bodies: NamedDependency[WebhookBodies],
     ) -> WebhookAck:
-        # No body parameter: the service reads it (request.body) only once the headers let it.
+        # No body parameter: the service reads it (webhook_body) only once the headers let it.
         head = WebhookHead(headers=request.headers, query=dict(request.query_params))
         async with webhook_throttle_of(request).counting_failures(client_address(request)):
             result = await WebhookService(db_session, publisher, jobs, recent_instances).receive(
-                gateway, instance, head, request.body
+                gateway, instance, head, webhook_bodies.reader(request)
             )
         return WebhookAck(
             status="ok",

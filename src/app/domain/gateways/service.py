@@ -1,13 +1,13 @@
 """Receiving a webhook: find the instance, verify, parse, apply in one transaction, commit.
 
 The body is read only once the instance is found and what headers and URL can prove is verified, so a
-forgery with a wrong or missing header secret, or for an unknown instance, costs no upload.
+forgery with a wrong or missing header secret, or for an unknown instance, costs no upload; a body only the
+body can verify is read within the gateway's limit and a bounded budget (`webhook_body`, issue 12).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -20,6 +20,7 @@ from app.domain.gateways.events import GatewayEvent, IgnoredEvent
 from app.domain.gateways.instances import ReceivingInstance, credentials_of, find_receiving_instance
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.registry import get_adapter
+from app.domain.gateways.webhook_body import ReadBody
 from app.domain.realtime.events import envelopes_for_ingest
 from app.domain.realtime.publisher import EventPublisher
 from app.domain.stats.ingest import INGEST
@@ -106,7 +107,7 @@ class WebhookService:
         gateway: str,
         instance_name: str,
         head: WebhookHead,
-        read_body: Callable[[], Awaitable[bytes]],
+        read_body: ReadBody,
     ) -> IngestResult:
         adapter = get_adapter(gateway)
         if adapter is None:
@@ -114,11 +115,14 @@ class WebhookService:
         instance = await self.find_instance(gateway, instance_name)
         credentials = credentials_of(instance)
         verified = adapter.verify_head(head, credentials)
-        request = WebhookRequest(headers=head.headers, query=head.query, body=await read_body())
-        if not verified:
-            adapter.verify(request, credentials)
+
+        def verify(body: bytearray) -> None:
+            adapter.verify(WebhookRequest(headers=head.headers, query=head.query, body=body), credentials)
+
+        # Not verified by its headers: read under the unverified budget and verified there (webhook_body).
+        body = await read_body(instance.gateway, None if verified else verify)
         _refuse_unconfigured(instance)
-        events = adapter.parse(request.body)
+        events = adapter.parse(body)
         _reject_foreign_accounts(instance, events)
         org_id, instance_id = instance.org_id, instance.id
         for attempt in range(1, _MAX_ATTEMPTS + 1):

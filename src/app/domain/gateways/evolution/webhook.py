@@ -107,7 +107,7 @@ def canonical_event(name: str) -> str:
     return name.strip().lower().replace("_", ".").replace("-", ".")
 
 
-def _body_apikey(body: bytes) -> str | None:
+def _body_apikey(body: bytes | bytearray) -> str | None:
     # Reads nothing but `apikey`: a body that is not an object, or not readable JSON at all (bad UTF-8,
     # nesting past the recursion limit), simply has none, so verification answers 401 rather than 500.
     try:
