@@ -80,6 +80,7 @@ def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
         MEDIA_STORAGE_URL=settings.media.storage_url,
         MEDIA_MAX_BYTES=str(settings.media.max_bytes),
         MEDIA_CONCURRENCY=str(settings.media.concurrency),
+        MEDIA_DECODE_BUDGET_BYTES=str(settings.media.decode_budget_bytes),
         WORKER_HEALTH_CHECK_SECONDS=str(settings.workers.health_check_s),
         PYTHONUNBUFFERED="1",  # logs() sees lines as they are written, and a SIGKILL loses none
     )

@@ -128,6 +128,9 @@ class MediaSettings:
     thumbnail_px: int = 320
     max_attempts: int = 5  # per media, for transient gateway errors
     concurrency: int = 4  # media jobs one worker runs at once (its own queue: they never delay sends)
+    # Decoded image bytes one media worker holds at once, all its jobs together (issue 12, finding 9): a
+    # 40 MP RGBA PNG costs ~162 MiB, so it fits; an image costing more alone is stored without thumbnail.
+    decode_budget_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ class Settings:
                 storage_url=_env("MEDIA_STORAGE_URL") or (Path("var/media").resolve().as_uri()),
                 max_bytes=_env_int("MEDIA_MAX_BYTES", MediaSettings.max_bytes),
                 concurrency=_env_int("MEDIA_CONCURRENCY", MediaSettings.concurrency),
+                decode_budget_bytes=_env_int("MEDIA_DECODE_BUDGET_BYTES", MediaSettings.decode_budget_bytes),
             ),
             workers=WorkersSettings(
                 health_check_s=float(_env("WORKER_HEALTH_CHECK_SECONDS") or WorkersSettings.health_check_s)

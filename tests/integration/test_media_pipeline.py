@@ -29,6 +29,7 @@ from app.db.models import Media, MediaState, Message, WhatsAppInstance
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.ingest import IngestService
 from app.domain.media import processing
+from app.domain.media.decode_budget import DecodeBudget
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.media import process_media
@@ -69,6 +70,7 @@ async def worker_ctx(engine: AsyncEngine, settings: Settings) -> AsyncIterator[d
             "http": http,
             "publisher": EventPublisher(redis, settings.redis.key_prefix, cache),
             "media_storage": MediaStorage.from_url(settings.media.storage_url),
+            "decode_budget": DecodeBudget(settings.media.decode_budget_bytes),
         }
     await redis.aclose()
 

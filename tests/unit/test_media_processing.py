@@ -111,6 +111,29 @@ def test_exif_rotated_jpeg_reports_displayed_size_and_thumbnail_is_upright() -> 
     assert red < 60 and blue > 200
 
 
+def png_with_exif_after_the_pixels(im: Image.Image, exif: Image.Exif) -> bytes:
+    """A PNG whose eXIf chunk follows IDAT (allowed by the spec): only a walk of the chunks finds it early."""
+    data = encode(im, "PNG")
+    iend = data.rindex(b"IEND") - 4
+    body = exif.tobytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    return data[:iend] + chunk + data[iend:]
+
+
+def test_exif_rotated_png_reports_displayed_size_wherever_its_exif_chunk_is() -> None:
+    im = Image.new("RGB", (400, 200), "blue")
+    im.paste("red", (0, 0, 200, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for data in (encode(im, "PNG", exif=exif), png_with_exif_after_the_pixels(im, exif)):
+        assert inspect(data, None) == Inspected("image/png", "image", 200, 400, "png")
+        thumb = decode(thumbnail_webp(data, max_side=100))
+        assert thumb.size == (50, 100)
+        red, _, blue = pixel(thumb, (25, 10))
+        assert red > 200 and blue < 60
+
+
 @pytest.mark.parametrize(
     "data",
     [

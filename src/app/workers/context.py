@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from app.config import get_settings
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.reads import PageReader
+from app.domain.media.decode_budget import DecodeBudget
 from app.domain.media.storage import MediaStorage
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.jobs import queue_name
@@ -64,6 +65,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def startup_media(ctx: dict[str, Any]) -> None:
-    """The media worker: the same context, plus the storage processed media goes to (no cache warming)."""
+    """The media worker: the same context, plus the storage processed media goes to and the budget its image
+    decodes share (no cache warming)."""
     await _common(ctx)
     ctx["media_storage"] = MediaStorage.from_url(ctx["settings"].media.storage_url)
+    ctx["decode_budget"] = DecodeBudget(ctx["settings"].media.decode_budget_bytes)

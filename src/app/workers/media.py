@@ -9,7 +9,12 @@ The database decides what is done (arq may run a job twice, or again after a wor
   settle  — ready (counting one processing) or failed with a reason, in one UPDATE guarded by `pending`;
             then `media.ready` to the conversation's room (the same frame carries `failed`).
 A transient gateway error releases the claim and retries with backoff up to MediaSettings.max_attempts.
-Decoding and Pillow run in a thread: a large image must not stall the worker's other jobs.
+Decoding and Pillow run in a thread: a large image must not stall the worker's other jobs. A thumbnail's
+decode waits for room in the process's DecodeBudget (MEDIA_DECODE_BUDGET_BYTES, issue 12 finding 9); an
+image whose decode alone exceeds it is stored as its original without a thumbnail: the bytes are a valid
+image within the size limits, so failing it would take the file from the agent, and a preview is all that
+is skipped. The bytes decide, not the message type: a PNG sent as a document gets the same preview, under
+the same budget.
 """
 
 from __future__ import annotations
@@ -28,7 +33,15 @@ from sqlalchemy.orm import undefer
 from app.db.models import Conversation, GatewayKind, Media, MediaState, Message, WhatsAppInstance
 from app.domain.conversations.services import media_out
 from app.domain.gateways.media import FetchFailed, FetchTarget, decode_base64_file, fetch_media
-from app.domain.media.processing import Inspected, MediaRejected, inspect, sha256_hex, thumbnail_webp
+from app.domain.media.decode_budget import DecodeBudget
+from app.domain.media.processing import (
+    Inspected,
+    MediaRejected,
+    inspect,
+    sha256_hex,
+    thumbnail_cost,
+    thumbnail_webp,
+)
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.domain.realtime.events import Envelope, EventKind
 from app.domain.realtime.frames import MediaReady, encode
@@ -61,7 +74,7 @@ async def process_media(ctx: dict[str, Any], media_id: str) -> str:
         if expected_sha and expected_sha.lower() != sha:
             raise MediaRejected("sha256 does not match what the gateway stated")
         inspected = await asyncio.to_thread(inspect, data, claimed.media.mime_type)
-        await _store(ctx["media_storage"], sha, data, inspected, settings.thumbnail_px)
+        has_thumbnail = await _store(ctx, sha, data, inspected, settings.thumbnail_px)
     except FetchFailed as exc:
         if exc.retryable and claimed.media.attempts < settings.max_attempts:
             await _release(ctx, claimed.media.id)
@@ -71,7 +84,7 @@ async def process_media(ctx: dict[str, Any], media_id: str) -> str:
         return await _settle_failed(ctx, claimed, exc.reason)
     except MediaRejected as exc:
         return await _settle_failed(ctx, claimed, exc.reason)
-    return await _settle_ready(ctx, claimed, sha, inspected, len(data))
+    return await _settle_ready(ctx, claimed, sha, inspected, len(data), has_thumbnail)
 
 
 async def _claim(ctx: dict[str, Any], media_id: UUID) -> _Claimed | str:
@@ -140,15 +153,29 @@ def _decode_inline(inline: str, max_bytes: int) -> bytes:
     return data
 
 
-async def _store(storage: MediaStorage, sha: str, data: bytes, inspected: Inspected, max_side: int) -> None:
+async def _store(ctx: dict[str, Any], sha: str, data: bytes, inspected: Inspected, max_side: int) -> bool:
+    """Store the original and, for an image whose decode fits the budget, a thumbnail: whether one exists."""
     # The thumbnail first: decoding the whole image is what finds a truncated JPEG, and a file that fails
     # it must not leave an orphan original behind.
-    thumbnail = None
-    if inspected.kind == "image" and not await storage.exists(thumbnail_key(sha)):
-        thumbnail = await asyncio.to_thread(thumbnail_webp, data, max_side)
+    storage: MediaStorage = ctx["media_storage"]
+    thumbnail, has_thumbnail = None, False
+    if inspected.kind == "image":
+        has_thumbnail = await storage.exists(thumbnail_key(sha))
+        if not has_thumbnail:
+            thumbnail = await _thumbnail_within(ctx["decode_budget"], sha, data, max_side)
+            has_thumbnail = thumbnail is not None
     await storage.put_if_absent(original_key(sha), data)
     if thumbnail is not None:
         await storage.put_if_absent(thumbnail_key(sha), thumbnail)
+    return has_thumbnail
+
+
+async def _thumbnail_within(budget: DecodeBudget, sha: str, data: bytes, max_side: int) -> bytes | None:
+    cost = await asyncio.to_thread(thumbnail_cost, data, max_side)
+    if not budget.admits(cost):
+        log.info("image over the decode budget; stored without thumbnail", sha256=sha, cost=cost)
+        return None
+    return await budget.run(cost, thumbnail_webp, data, max_side)
 
 
 async def _release(ctx: dict[str, Any], media_id: UUID) -> None:
@@ -158,7 +185,7 @@ async def _release(ctx: dict[str, Any], media_id: UUID) -> None:
 
 
 async def _settle_ready(
-    ctx: dict[str, Any], claimed: _Claimed, sha: str, inspected: Inspected, size: int
+    ctx: dict[str, Any], claimed: _Claimed, sha: str, inspected: Inspected, size: int, has_thumbnail: bool
 ) -> str:
     values = {
         "state": MediaState.READY,
@@ -166,7 +193,7 @@ async def _settle_ready(
         "content_type": inspected.content_type,
         "width": inspected.width,
         "height": inspected.height,
-        "has_thumbnail": inspected.kind == "image",
+        "has_thumbnail": has_thumbnail,
         "size_bytes": size,
         "inline_base64": None,  # the stored original replaces it
         "error": None,

@@ -4,6 +4,13 @@ Media reaches us from gateways and from agents with a declared mime type that an
 type is read from the bytes themselves: images by Pillow, everything else by a small magic-number table.
 Images are hostile input too: a few kilobytes of PNG can claim to be 50,000 x 50,000 pixels and ask for
 gigabytes on decode, so pixel and side limits are checked on the header, before any pixel is decoded.
+Within those limits a 150 KB PNG still decodes to 159 MB of RGBA (issue 12, finding 9: four at once took a
+worker from 693 to 1,503 MiB). So `thumbnail_cost` says, from the header alone, how many bytes the
+thumbnail's decode will hold at its peak, and `thumbnail_webp` keeps to that figure: JPEGs are decoded by
+libjpeg at 1/2 to 1/8 scale (`draft`), and the full-size frame of other formats is reduced by an integer
+factor a strip of rows at a time (Pillow's own `reduce`/`resize` of RGBA would first make a premultiplied
+copy of the whole frame, and `ImageOps.exif_transpose` another copy); orientation is applied to the small
+result. The worker admits a decode only within its budget (`decode_budget.DecodeBudget`).
 
 These functions are CPU-bound; async callers should run them in a thread (`asyncio.to_thread`).
 """
@@ -12,14 +19,35 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 
 MAX_PIXELS = 40_000_000  # 40 megapixels: bigger than any phone photo, far below a decompression bomb
 MAX_SIDE = 20_000
 THUMBNAIL_QUALITY = 80
+# The thumbnail is resized from an image at least this many times its size (an integer reduction first,
+# as Pillow's thumbnail() does by default): near fair resampling at a fraction of the work.
+REDUCING_GAP = 2.0
+STRIP_PIXELS = 1 << 19  # source pixels reduced per step: a strip's copies hold a few MiB, whatever the image
+# Decoders that hold more than the decoded frame: libwebp keeps its canvas and the previous one and hands
+# Pillow a full copy (measured: 3.8 x the frame); an animated PNG or GIF keeps a frame for disposal.
+_WEBP_DECODE_FACTOR = 4
+_ANIMATED_DECODE_FACTOR = 2
+_DECODER_STATE = 4 * 1024 * 1024  # the decoder's own buffers (zlib window, libjpeg tables, a row or two)
+_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 Kind = Literal["image", "audio", "video", "document"]
 
@@ -112,26 +140,146 @@ def inspect(data: bytes, declared_mime: str | None) -> Inspected:
     return Inspected(content_type, kind, None, None, _EXTENSIONS[content_type])
 
 
+def thumbnail_cost(data: bytes, max_side: int = 320) -> int:
+    """The bytes `thumbnail_webp(data, max_side)` holds at its peak, read from the header (no decoding)."""
+    try:
+        im, plan = _open_for_thumbnail(data, max_side)
+        im.close()
+    except MediaRejected:
+        raise
+    except Exception as exc:
+        raise _image_failure(exc) from exc
+    return plan.cost
+
+
 def thumbnail_webp(data: bytes, max_side: int = 320) -> bytes:
     """A WebP of the first frame, EXIF orientation applied, longest side <= max_side, never upscaled."""
-    if max_side < 1:
-        raise ValueError("max_side must be positive")
     try:
-        with _open_image(data) as im:
-            im.seek(0)  # first frame of an animation
-            if im.format == "JPEG":
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale; it never goes below the requested size.
-                im.draft(im.mode, (max_side, max_side))
-            frame = ImageOps.exif_transpose(im)
-            frame.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            frame = _webp_mode(frame)
+        im, plan = _open_for_thumbnail(data, max_side)
+        with im:
+            im.load()
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+            frame = _reduced(im, plan)
+            if frame.size != plan.final_size:
+                (width, height), (fx, fy) = plan.source_size, plan.factor
+                frame = frame.resize(
+                    plan.final_size, Image.Resampling.LANCZOS, box=(0, 0, width / fx, height / fy)
+                )
+            if (transpose := _ORIENTATION_TRANSPOSE.get(orientation)) is not None:
+                frame = frame.transpose(transpose)  # on the thumbnail, not the full frame
             out = io.BytesIO()
-            frame.save(out, "WEBP", quality=THUMBNAIL_QUALITY, method=4)
+            frame.save(out, "WEBP", quality=THUMBNAIL_QUALITY, method=4)  # `frame` may be `im` itself
             return out.getvalue()
     except MediaRejected:
         raise
     except Exception as exc:
         raise _image_failure(exc) from exc
+
+
+@dataclass(frozen=True)
+class _Plan:
+    source_size: tuple[int, int]  # as decoded (after a JPEG's draft scaling)
+    factor: tuple[int, int]  # the integer reduction applied strip by strip
+    final_size: tuple[int, int]
+    mode: str  # the thumbnail's mode: RGB, or RGBA when the image has transparency
+    cost: int  # bytes held at the peak
+
+
+def bytes_per_pixel(mode: str) -> int:
+    """What Pillow allocates per pixel of a decoded image (RGB is stored in 4 bytes, like RGBA)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def thumbnail_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size Image.thumbnail((max_side, max_side)) gives: aspect kept, longest side <= max_side."""
+    width, height = size
+    if width <= max_side and height <= max_side:
+        return size
+    aspect = width / height
+
+    def rounded(number: float, error: Callable[[int], float]) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=error), 1)
+
+    if aspect <= 1:
+        return rounded(max_side * aspect, lambda n: abs(aspect - n / max_side)), max_side
+    return max_side, rounded(max_side / aspect, lambda n: 0 if n == 0 else abs(aspect - max_side / n))
+
+
+def reduction_factor(source: int, final: int) -> int:
+    """The integer reduction Image.reduce applies before the final resize (as Pillow's resize computes it)."""
+    return int(source / final / REDUCING_GAP) or 1
+
+
+def jpeg_coefficient_bytes(size: tuple[int, int], sampling: list[tuple[int, int]]) -> int:
+    """libjpeg's whole-image coefficient buffer (2 bytes per DCT coefficient, every component at its
+    sampling): a progressive or multi-scan JPEG needs it at full size whatever the draft scale, and the
+    header does not say whether the scans are interleaved, so every JPEG is costed with it."""
+    width, height = size
+    h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
+    total = 0
+    for h, v in sampling:
+        blocks_x = math.ceil(math.ceil(width * h / h_max) / 8)
+        blocks_y = math.ceil(math.ceil(height * v / v_max) / 8)
+        total += blocks_x * blocks_y * 64 * 2
+    return total
+
+
+def _open_for_thumbnail(data: bytes, max_side: int) -> tuple[Image.Image, _Plan]:
+    """The first frame's header, a JPEG set to decode at the smallest scale the thumbnail allows, and the
+    plan: what the thumbnail's decode will hold at its peak, counted step by step as `thumbnail_webp` goes."""
+    if max_side < 1:
+        raise ValueError("max_side must be positive")
+    im = _open_image(data)
+    try:
+        im.seek(0)  # first frame of an animation
+        coefficients = 0
+        if im.format == "JPEG":
+            layers = getattr(im, "layer", None) or [(0, 1, 1, 0)] * len(im.getbands())
+            coefficients = jpeg_coefficient_bytes(im.size, [(h, v) for _, h, v, _ in layers])
+            # libjpeg decodes at 1/2, 1/4 or 1/8 scale; it never goes below the requested size.
+            side = int(max_side * REDUCING_GAP)
+            im.draft(im.mode, (side, side))
+        width, height = im.size
+        final = thumbnail_size(im.size, max_side)
+        factor = (reduction_factor(width, final[0]), reduction_factor(height, final[1]))
+        decoded = width * height * bytes_per_pixel(im.mode)
+        if im.format == "WEBP":
+            decoded *= _WEBP_DECODE_FACTOR
+        elif getattr(im, "is_animated", False):
+            decoded *= _ANIMATED_DECODE_FACTOR
+        reduced = math.ceil(width / factor[0]) * math.ceil(height / factor[1]) * 4
+        strip = min(width * height, max(STRIP_PIXELS, width * factor[1])) * 4
+        cost = (
+            _DECODER_STATE
+            + decoded
+            + coefficients
+            + 3 * strip  # a strip's crop, its conversion, and reduce()'s premultiplied copy
+            + 2 * reduced  # the reduced frame, and resize()'s premultiplied copy of it
+            + 3 * final[0] * final[1] * 4  # the thumbnail, its transposition, the WebP encoder's copy
+        )
+        mode = "RGBA" if im.has_transparency_data else "RGB"
+    except BaseException:
+        im.close()
+        raise
+    return im, _Plan(im.size, factor, final, mode, cost)
+
+
+def _reduced(im: Image.Image, plan: _Plan) -> Image.Image:
+    """The decoded frame in the thumbnail's mode, reduced by the plan's factor, a strip of rows at a time:
+    never a second full-size copy."""
+    if plan.factor == (1, 1) and im.mode == plan.mode:
+        return im
+    (width, height), (fx, fy) = im.size, plan.factor
+    out = Image.new(plan.mode, (math.ceil(width / fx), math.ceil(height / fy)))
+    rows = fy * max(1, STRIP_PIXELS // (width * fy))
+    for top in range(0, height, rows):
+        strip = _webp_mode(im.crop((0, top, width, min(top + rows, height))), plan.mode)
+        out.paste(strip.reduce((fx, fy)) if (fx, fy) != (1, 1) else strip, (0, top // fy))
+    return out
 
 
 def _looks_like_image(data: bytes) -> bool:
@@ -149,13 +297,29 @@ def _inspect_image(data: bytes) -> Inspected:
         with _open_image(data) as im:
             content_type = _PILLOW_MIME[str(im.format)]
             width, height = im.size
-            if im.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):
+            # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixels.
+            exif = _png_exif(data) if im.format == "PNG" else im.getexif()
+            if exif.get(ExifTags.Base.Orientation) in (5, 6, 7, 8):
                 width, height = height, width
     except MediaRejected:
         raise
     except Exception as exc:
         raise _image_failure(exc) from exc
     return Inspected(content_type, "image", width, height, _EXTENSIONS[content_type])
+
+
+def _png_exif(data: bytes) -> Image.Exif:
+    """The EXIF of a PNG's eXIf chunk, wherever it is, found by walking the chunks without inflating any."""
+    exif, pos = Image.Exif(), 8
+    while pos + 8 <= len(data):
+        length, chunk = struct.unpack(">I4s", data[pos : pos + 8])
+        if chunk == b"eXIf":
+            exif.load(data[pos + 8 : pos + 8 + length])
+            break
+        if chunk == b"IEND":
+            break
+        pos += 12 + length  # length, type, data, CRC
+    return exif
 
 
 def _open_image(data: bytes) -> Image.Image:
@@ -180,14 +344,14 @@ def _image_failure(exc: Exception) -> MediaRejected:
     return MediaRejected("corrupt image")
 
 
-def _webp_mode(im: Image.Image) -> Image.Image:
-    """WebP holds RGB or RGBA: keep alpha when there is any, otherwise flatten palette/CMYK/grey to RGB."""
-    if im.mode in ("RGB", "RGBA"):
+def _webp_mode(im: Image.Image, mode: str) -> Image.Image:
+    """WebP holds RGB or RGBA (`mode`): palette/CMYK/grey are converted, 16/32-bit grey scaled to 8 bits."""
+    if im.mode == mode:
         return im
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grey: convert("RGB") would clip at 255, so scale into 8 bits first.
         im = im.point(lambda v: v / 256).convert("L")
-    return im.convert("RGBA" if im.has_transparency_data else "RGB")
+    return im.convert(mode)
 
 
 def _sniff(data: bytes, declared_mime: str | None) -> tuple[str, Kind]:
