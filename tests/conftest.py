@@ -73,6 +73,7 @@ def settings(database_url: str, redis_url: str, media_dir: Path) -> Settings:
             jwt_secret=secrets.token_urlsafe(32),
             token_ttl_seconds=600,
             login_attempts_per_minute=10_000,
+            login_failures_per_account=10_000,  # tests guess wrong on purpose; the limit has its own test
             # Every in-process test client is one address, and many tests post wrong secrets on purpose.
             webhook_auth_failures_per_minute=10_000,
             # Factory agents are @example.com: their admins see deployment figures (the scoping has a test).

@@ -24,6 +24,7 @@ from typing import IO, Any
 import httpx
 
 from app.config import Settings
+from app.server.run import proxy_cli_args
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
@@ -62,6 +63,10 @@ def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
         TOKEN_REVOCATION_CHECK_SECONDS=str(settings.auth.revocation_check_s),
         # All test logins come from 127.0.0.1 and count in the shared Redis; the limit has its own test.
         LOGIN_ATTEMPTS_PER_MINUTE="100000",
+        LOGIN_FAILURES_PER_ACCOUNT=str(settings.auth.login_failures_per_account),
+        LOGIN_ACCOUNT_WINDOW_SECONDS=str(settings.auth.login_account_window_s),
+        LOGIN_CONCURRENCY=str(settings.auth.login_concurrency),
+        DB_POOL_TIMEOUT=str(db.pool_timeout),
         WEBHOOK_AUTH_FAILURES_PER_MINUTE=str(settings.auth.webhook_auth_failures_per_minute),
         WS_HEARTBEAT_SECONDS=str(rt.heartbeat_s),
         WS_QUEUE_SIZE=str(rt.queue_size),
@@ -105,22 +110,33 @@ def _tail(text: str, lines: int = 40) -> str:
 
 
 class ApiProcess:
-    """One `uvicorn app.asgi:app` on a free loopback port, in its own process group."""
+    """One `uvicorn app.asgi:app` on a free loopback port, in its own process group; with `production`, the
+    production entry point `python -m app.server.run` instead (its defaults, told only HOST and PORT)."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], extra_args: Sequence[str]) -> None:
+    def __init__(
+        self, log_path: Path, env: dict[str, str], extra_args: Sequence[str], *, production: bool = False
+    ) -> None:
         self.log_path, self._env, self._extra_args = log_path, env, tuple(extra_args)
+        self._production = production
         self._spawn()
 
     def _spawn(self) -> None:
         self.port = _free_port()
         self.base_url, self.ws_url = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
-        args = f"--host 127.0.0.1 --port {self.port} --no-access-log --timeout-graceful-shutdown 5".split()
-        cmd = [sys.executable, "-m", "uvicorn", "app.asgi:app", *args, *self._extra_args]
+        env = self._env
+        if self._production:
+            cmd = [sys.executable, "-m", "app.server.run"]
+            env = {**env, "HOST": "127.0.0.1", "PORT": str(self.port)}
+            env.update(ACCESS_LOG="0", GRACEFUL_SHUTDOWN_SECONDS="5")
+        else:
+            args = f"--host 127.0.0.1 --port {self.port} --no-access-log --timeout-graceful-shutdown 5"
+            cmd = [sys.executable, "-m", "uvicorn", "app.asgi:app", *args.split()]
+            cmd += [*proxy_cli_args(env.get("FORWARDED_ALLOW_IPS")), *self._extra_args]  # as app.server.run
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 cmd,
                 cwd=ROOT,
-                env=self._env,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -179,7 +195,7 @@ class ApiProcess:
 
 @contextmanager
 def api_processes(
-    count: int, env: dict[str, str], *, extra_args: Sequence[str] = ()
+    count: int, env: dict[str, str], *, extra_args: Sequence[str] = (), production: bool = False
 ) -> Iterator[list[ApiProcess]]:
     """`count` API processes, each answering /health; all stopped (and their logs removed) on exit."""
     with tempfile.TemporaryDirectory(prefix="api-processes-") as tmp, ExitStack() as stack:
@@ -194,7 +210,7 @@ def api_processes(
 
         stack.callback(stop_all)
         for i in range(count):
-            procs.append(ApiProcess(Path(tmp) / f"api-{i}.log", env, extra_args))
+            procs.append(ApiProcess(Path(tmp) / f"api-{i}.log", env, extra_args, production=production))
         deadline = time.monotonic() + START_TIMEOUT
         for proc in procs:
             proc._wait_healthy(deadline)

@@ -61,7 +61,7 @@ class DatabaseSettings:
     url: str
     pool_size: int = 20
     max_overflow: int = 10
-    pool_timeout: float = 10.0
+    pool_timeout: float = 10.0  # waiting longer than this for a connection answers 503 + Retry-After
     # Supabase's transaction pooler (port 6543) cannot keep prepared statements:
     # set DB_STATEMENT_CACHE_SIZE=0 there.
     statement_cache_size: int | None = None
@@ -83,6 +83,12 @@ class AuthSettings:
     token_ttl_seconds: int = 8 * 3600
     algorithm: str = "HS256"
     login_attempts_per_minute: int = 10  # per client address, shared by all API processes (Redis)
+    # Failed logins per account (e-mail) per window, whatever the address; past it the account refuses logins,
+    # the right password too, until the window closes (accounts/throttle.py says what that costs).
+    login_failures_per_account: int = 10
+    login_account_window_s: int = 900
+    # Password checks at once per process (the rest wait their turn). 0: DB_POOL_SIZE // 4, between 1 and 4.
+    login_concurrency: int = 0
     # Failed webhook verifications (wrong/missing secret or signature, unknown instance) per client address;
     # above it the address gets 429 on webhook routes until its minute passes. Verified traffic never counts.
     webhook_auth_failures_per_minute: int = 30
@@ -90,6 +96,9 @@ class AuthSettings:
     deployment_admins: list[str] = field(default_factory=list)
     # How often each API process re-reads agent_revocations, in case a NOTIFY was missed.
     revocation_check_s: float = 30.0
+
+    def login_slots(self, pool_size: int) -> int:
+        return self.login_concurrency if self.login_concurrency > 0 else max(1, min(4, pool_size // 4))
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,7 @@ class Settings:
                 url=normalise_database_url(database_url),
                 pool_size=_env_int("DB_POOL_SIZE", DatabaseSettings.pool_size),
                 max_overflow=_env_int("DB_MAX_OVERFLOW", DatabaseSettings.max_overflow),
+                pool_timeout=float(_env("DB_POOL_TIMEOUT") or DatabaseSettings.pool_timeout),
                 statement_cache_size=int(cache_size) if cache_size is not None else None,
                 echo=_env("DB_ECHO") == "1",
                 listen_url=normalise_database_url(listen) if (listen := _env("DB_LISTEN_URL")) else None,
@@ -255,6 +265,13 @@ class Settings:
                 login_attempts_per_minute=_env_int(
                     "LOGIN_ATTEMPTS_PER_MINUTE", AuthSettings.login_attempts_per_minute
                 ),
+                login_failures_per_account=_env_int(
+                    "LOGIN_FAILURES_PER_ACCOUNT", AuthSettings.login_failures_per_account
+                ),
+                login_account_window_s=_env_int(
+                    "LOGIN_ACCOUNT_WINDOW_SECONDS", AuthSettings.login_account_window_s
+                ),
+                login_concurrency=_env_int("LOGIN_CONCURRENCY", AuthSettings.login_concurrency),
                 webhook_auth_failures_per_minute=_env_int(
                     "WEBHOOK_AUTH_FAILURES_PER_MINUTE", AuthSettings.webhook_auth_failures_per_minute
                 ),

@@ -23,6 +23,7 @@ from uuid import uuid4
 import asyncpg
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from app.server.run import proxy_cli_args
 from tests.bench import harness
 from tests.bench.loadgen import HttpConnection
 from tests.databases import plain_dsn
@@ -139,6 +140,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
             "--workers",
             str(args.api_workers),
             "--no-access-log",
+            *proxy_cli_args(env.get("FORWARDED_ALLOW_IPS")),  # as app.server.run: trust no proxy by default
             "--log-level",
             "warning",
         ],

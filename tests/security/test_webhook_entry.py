@@ -1,5 +1,6 @@
-"""The webhook entry point: addresses that keep failing verification are refused for a while (counted in Redis
-across processes), verified gateways never are, and a forgery the headers can already refuse costs no upload.
+"""The webhook entry point: an address that keeps failing verification for an instance is refused for a while
+on that instance (counted in Redis across processes), verified gateways never are, and a forgery the headers
+can already refuse costs no upload.
 
 The throttle cases run against real API processes (uvicorn's client address and proxy-header rule included),
 each from a loopback address of its own (127.0.0.x), so they neither see nor disturb each other's counts.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from app.config import Settings
 from app.db.models import WhatsAppInstance
 from app.domain.gateways.base import WebhookUnauthorized
 from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
+from app.lib.throttle_calls import ThrottleCalls
 from app.server.core import create_app
 from tests.factories import create_tenant
 from tests.process_rig import ApiProcess
@@ -61,18 +62,19 @@ def assert_throttled(response: httpx.Response) -> None:
 # --- the throttle ------------------------------------------------------------------------------------------
 
 
-async def test_an_address_failing_verification_is_refused_even_with_the_right_secret(
+async def test_an_address_failing_verification_for_an_instance_is_refused_even_with_the_right_secret(
     processes: list[ApiProcess], session: AsyncSession, engine: AsyncEngine
 ):
     tenant = await create_tenant(session)
     wpp, cloud = tenant.instance("wppconnect"), tenant.instance("cloudapi")
     body = text_body("wppconnect", wpp, "THROTTLED1")
     base = [process.base_url for process in processes]
-    guesses: list[tuple[str, dict[str, str], int]] = [  # (path, headers, expected refusal)
+    # (path, headers, expected refusal): every kind of failure for one instance counts against its pair.
+    guesses: list[tuple[str, dict[str, str], int]] = [
         (f"/api/webhooks/wppconnect/{wpp.name}", {"x-webhook-secret": "guess"}, 401),
         (f"/api/webhooks/wppconnect/{wpp.name}", {}, 401),
-        (f"/api/webhooks/wppconnect/guessed-{secrets.token_hex(3)}", {"x-webhook-secret": "guess"}, 404),
-        (f"/api/webhooks/cloudapi/{cloud.name}", {"x-hub-signature-256": "sha256=" + "0" * 64}, 401),
+        (f"/api/webhooks/wppconnect/{wpp.name}?token=guess", {}, 401),
+        (f"/api/webhooks/wppconnect/{wpp.name}", {"authorization": "Bearer guess"}, 401),
     ]
     async with from_address("127.0.0.2") as attacker:
         for attempt in range(WEBHOOK_AUTH_LIMIT):  # spread over both processes: one shared count
@@ -96,14 +98,14 @@ async def test_an_address_failing_verification_is_refused_even_with_the_right_se
                         f"{url}/api/webhooks/wppconnect/{wpp.name}", content=body, headers=headers
                     )
                 )
+            # Another instance from the same address is judged by its own budget (test_webhook_throttle.py).
             handshake = {
                 "hub.mode": "subscribe",
                 "hub.verify_token": cloud.verify_token,
                 "hub.challenge": "42",
             }
-            assert_throttled(
-                await attacker.get(f"{url}/api/webhooks/cloudapi/{cloud.name}", params=handshake)
-            )
+            answer = await attacker.get(f"{url}/api/webhooks/cloudapi/{cloud.name}", params=handshake)
+            assert answer.status_code == 200 and answer.text == "42", answer.text
     assert await row_counts(engine, tenant.org_id) == NOTHING
 
     async with from_address("127.0.0.3") as gateway:  # another address: its own budget, untouched
@@ -137,16 +139,18 @@ async def test_verified_traffic_far_above_the_limit_is_never_throttled(
 
 
 async def test_with_redis_down_the_throttle_lets_everything_through(unused_tcp_port: int) -> None:
-    dead = Redis.from_url(f"redis://127.0.0.1:{unused_tcp_port}/0", socket_connect_timeout=0.2)
-    throttle = WebhookAuthThrottle(dead, "crm-dead", per_minute=1)
+    url = f"redis://127.0.0.1:{unused_tcp_port}/0"
+    dead = Redis.from_url(url, socket_connect_timeout=0.2)
+    calls = ThrottleCalls(url)
+    throttle = WebhookAuthThrottle(dead, calls, "crm-dead", per_minute=1)
     try:
         for _ in range(3):
-            with pytest.raises(WebhookUnauthorized):  # the verification's own error, not Redis's
-                async with throttle.counting_failures("198.51.100.1"):
+            with pytest.raises(WebhookUnauthorized):  # the verification's own error, not Redis's; no 429
+                async with throttle.judging("198.51.100.1", "wppconnect", "instance"):
                     raise WebhookUnauthorized("webhook secret does not match")
-            await throttle.refuse_if_over("198.51.100.1")  # no 429: fails open
     finally:
         await dead.aclose()
+        calls.close()
 
 
 # --- verification before the body --------------------------------------------------------------------------

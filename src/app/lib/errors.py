@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from advanced_alchemy.exceptions import NotFoundError
+from advanced_alchemy.exceptions import NotFoundError, RepositoryError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException
@@ -79,8 +79,10 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    orig = getattr(exc, "orig", None)
-    return orig is not None and orig is not exc and is_database_unavailable(orig)
+    # advanced-alchemy's repositories wrap SQLAlchemy's errors in a RepositoryError (a pool timeout among
+    # them: issue 12, finding 1c), and SQLAlchemy keeps the driver's in `orig`: look through both.
+    inner = exc.__cause__ if isinstance(exc, RepositoryError) else getattr(exc, "orig", None)
+    return inner is not None and inner is not exc and is_database_unavailable(inner)
 
 
 def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -115,6 +117,7 @@ problem_details_config = ProblemDetailsConfig(
 server_error_handlers = {
     Exception: internal_error_handler,
     DBAPIError: database_error_handler,
+    RepositoryError: database_error_handler,
     PoolTimeoutError: database_error_handler,
     OSError: database_error_handler,
     asyncpg.PostgresConnectionError: database_error_handler,

@@ -1,15 +1,24 @@
-"""Budgets per client address, counted atomically in Redis so every API process shares one count (Litestar's
-rate-limit middleware reads and rewrites a history per request, and concurrent processes overwrite each
-other's counts). The login throttle and the webhook authentication throttle are both built on this.
+"""Budgets counted atomically in Redis, so every API process shares one count (Litestar's rate-limit
+middleware reads and rewrites a history per request, and concurrent processes overwrite each other's
+counts). The login throttles and the webhook verification throttle are built on this.
 
-A window opens with the first counted event of an address and lasts a minute; once `per_minute` events
-are counted, the address is refused until the window's key expires (Retry-After says when). Fails open:
-with Redis down nothing is refused, so agents can log in and gateways deliver while Redis recovers. A hung
-Redis costs one short timeout, after which the throttle stops asking for a few seconds: every webhook
-passes through here before its commit, and must not wait on Redis each time.
+A budget is kept per subject (a client address, an (address, instance) pair, an account). Its window opens
+with the subject's first event and lasts `window_s`; Retry-After says when it closes. Two ways to spend it:
+
+- `count`: every event counts, counted before it is evaluated (logins per address).
+- `reserve` then `settle`: an attempt takes a slot atomically *before* it is evaluated ("refuse if spent,
+  else reserve", one Lua script), and gives it back if it succeeds (issue 12, finding 6: peeking before
+  and counting after let 200 concurrent wrong secrets all be evaluated against a budget of 30). So N
+  concurrent attempts evaluate at most the budget. An attempt that finds the budget taken only by attempts
+  still in flight (not by failures) waits for them to settle instead of being refused: a verified gateway's
+  burst wider than the budget is delayed by milliseconds, never refused.
+
+Fails open: with Redis down or frozen nothing is refused, so agents log in and gateways deliver while Redis
+recovers; `app.lib.throttle_calls` decides when Redis is down, timing Redis rather than this process.
 
 The address is the ASGI scope's client, which uvicorn (`proxy_headers`) rewrites from X-Forwarded-For only
-when the connection comes from FORWARDED_ALLOW_IPS: anyone else cannot pick the address they are counted as.
+when the connection comes from FORWARDED_ALLOW_IPS — by default nobody (`app.server.run`): anyone else cannot
+pick the address they are counted as.
 """
 
 from __future__ import annotations
@@ -19,19 +28,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from litestar.connection import ASGIConnection
 from litestar.exceptions import TooManyRequestsException
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-log = structlog.get_logger()
+from app.lib.throttle_calls import ThrottleCalls
 
 WINDOW_S = 60
-_REDIS_TIMEOUT_S = 0.1  # a healthy Redis answers in well under a millisecond
-_REST_AFTER_FAILURE_S = 5.0
+_SLOT_WAIT_S = 2.0  # an attempt waits this long for in-flight attempts to settle, then is refused
+_SLOT_POLL_S = 0.01
 # INCR and EXPIRE together: the first event of a window sets its lifetime, and nothing can interleave. A key
-# without a lifetime (never left by this script) gets one too, rather than refusing its address for good.
+# without a lifetime (never left by these scripts) gets one too, rather than refusing its subject for good.
 _COUNT = """
 local count = redis.call('INCR', KEYS[1])
 local ttl = redis.call('TTL', KEYS[1])
@@ -41,8 +48,32 @@ if ttl < 0 then
 end
 return {count, ttl}
 """
-_PEEK = """
-return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('TTL', KEYS[1])}
+# A hash of `failed` (settled failures) and `pending` (reserved, not yet settled). Returns {granted, failed,
+# ttl}: granted 1 when a slot was reserved; refused with failed < limit means in-flight attempts hold it.
+_RESERVE = """
+local failed = tonumber(redis.call('HGET', KEYS[1], 'failed') or '0')
+local pending = tonumber(redis.call('HGET', KEYS[1], 'pending') or '0')
+local granted = 0
+if failed + pending < tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[1], 'pending', 1)
+  granted = 1
+end
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 and granted == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+return {granted, failed, ttl}
+"""
+# Gives the reserved slot back (ARGV[1] = 0) or keeps it as a failure (1). A window that closed meanwhile
+# is left closed: nothing is written to a key that is gone.
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'pending') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'pending', -1)
+end
+if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[1], 'failed', 1) end
+return 1
 """
 
 
@@ -53,63 +84,87 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    count: int  # events counted in the address's current window
+    count: int  # events (or failures) counted in the subject's current window
     resets_in_s: int  # until the window closes
 
 
+class Reservation:
+    """A slot taken by one attempt; `settle` once its outcome is known (a no-op when Redis was down)."""
+
+    def __init__(self, budget: ClientThrottle | None, key: str) -> None:
+        self._budget, self._key = budget, key
+
+    async def settle(self, *, failed: bool) -> None:
+        budget, self._budget = self._budget, None  # at most once
+        if budget is not None:
+            await budget._settle_key(self._key, failed)
+
+
 class ClientThrottle:
-    def __init__(self, redis: Redis, root: str, per_minute: int, refusal: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        calls: ThrottleCalls,
+        root: str,
+        per_window: int,
+        refusal: str,
+        window_s: int = WINDOW_S,
+    ) -> None:
         self._count = redis.register_script(_COUNT)
-        self._peek = redis.register_script(_PEEK)
+        self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+        self._calls = calls
         self._root = root  # the Redis key prefix of this budget, e.g. "crm:login-attempts"
-        self.per_minute = per_minute
+        self.per_window = per_window
+        self._window_s = window_s
         self._refusal = refusal  # the 429's detail
-        self._rest_until = 0.0  # monotonic time until which Redis is not asked (it just failed)
 
-    async def count(self, client: str) -> Window | None:
-        """Count one event of `client`; None when Redis cannot answer (fail open)."""
-        return await self._run(self._count, client, [WINDOW_S])
+    def _key(self, subject: str) -> str:
+        return f"{self._root}:{subject}"
 
-    async def current(self, client: str) -> Window | None:
-        """The client's window without counting anything; None when Redis cannot answer (fail open)."""
-        return await self._run(self._peek, client, [])
+    async def count(self, subject: str) -> Window | None:
+        """Count one event of `subject`; None when Redis cannot answer (fail open)."""
+        key = self._key(subject)
+        answer = await self._calls.run(lambda: self._count(keys=[key], args=[self._window_s]), self._root)
+        if answer is None:
+            return None
+        count, ttl = answer
+        return Window(count=int(count), resets_in_s=max(int(ttl), 0))  # TTL -2: the key is gone
 
     def refuse_if_over(self, window: Window | None) -> None:
         """After `count`: refuse the event that went past the budget (and every one after it)."""
-        if window is not None and window.count > self.per_minute:
-            raise self._refused(window)
+        if window is not None and window.count > self.per_window:
+            raise self.refused(window.resets_in_s)
 
-    def refuse_if_spent(self, window: Window | None) -> None:
-        """After `current`: refuse once the budget is used up (the request at hand was not counted)."""
-        if window is not None and window.count >= self.per_minute:
-            raise self._refused(window)
+    async def reserve(self, subject: str) -> Reservation:
+        """Take a slot of `subject`'s budget before the attempt is evaluated, or raise 429 (see the module
+        docstring); with Redis unavailable the attempt goes ahead uncounted."""
+        key = self._key(subject)
+        deadline = time.monotonic() + _SLOT_WAIT_S
+        while True:
+            answer = await self._calls.run(
+                lambda: self._reserve(keys=[key], args=[self.per_window, self._window_s]), self._root
+            )
+            if answer is None:
+                return Reservation(None, key)
+            granted, failed, ttl = (int(v) for v in answer)
+            if granted:
+                return Reservation(self, key)
+            if failed >= self.per_window or time.monotonic() > deadline:
+                raise self.refused(ttl if failed >= self.per_window else 1)
+            await asyncio.sleep(_SLOT_POLL_S)  # in-flight attempts hold the budget: they settle in ms
 
-    def _refused(self, window: Window) -> TooManyRequestsException:
-        reset = str(max(window.resets_in_s, 1))
+    async def _settle_key(self, key: str, failed: bool) -> None:
+        await self._calls.run(lambda: self._settle(keys=[key], args=[int(failed)]), self._root)
+
+    def refused(self, resets_in_s: int) -> TooManyRequestsException:
+        reset = str(max(resets_in_s, 1))
         return TooManyRequestsException(
             self._refusal,
             headers={
-                "RateLimit-Limit": str(self.per_minute),
+                "RateLimit-Limit": str(self.per_window),
                 "RateLimit-Remaining": "0",
                 "RateLimit-Reset": reset,
                 "Retry-After": reset,
             },
         )
-
-    async def _run(self, script: Any, client: str, args: list[int]) -> Window | None:
-        if time.monotonic() < self._rest_until:
-            return None
-        try:
-            async with asyncio.timeout(_REDIS_TIMEOUT_S):
-                count, ttl = await script(keys=[f"{self._root}:{client}"], args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._rest_until = time.monotonic() + _REST_AFTER_FAILURE_S
-            log.warning(
-                "throttle unavailable; not limiting",
-                throttle=self._root,
-                error=type(exc).__name__,
-                retry_in_s=_REST_AFTER_FAILURE_S,
-            )
-            return None
-        # TTL is -2 for a key that is gone (nothing counted).
-        return Window(count=int(count), resets_in_s=max(int(ttl), 0))

@@ -23,11 +23,12 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.types import BeforeMessageSendHookHandler, Message, Scope
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from app.config import Settings, get_settings
 from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
 from app.domain.accounts.controllers import AuthController
+from app.domain.accounts.login_slots import LoginSlots
 from app.domain.accounts.revocations import TokenRevocations, asyncpg_dsn
 from app.domain.accounts.throttle import LoginThrottle
 from app.domain.conversations.cache import CacheKeys, PageCache
@@ -53,6 +54,7 @@ from app.lib.logging import outermost_request_ids, structlog_plugin
 from app.lib.metrics import metrics_route, prometheus_config
 from app.lib.openapi import document_api
 from app.lib.redaction import redact_server_logs
+from app.lib.throttle_calls import ThrottleCalls
 from app.server.fastpath import CachedPageFastPath
 from app.server.signals import close_sockets_on_sigterm
 
@@ -172,9 +174,25 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     await task
             await hub.stop()
             await redis.aclose()
+            await throttle_redis.aclose()
+            throttle_calls.close()
 
-    # Brute-force guard on the one endpoint that takes a password; counted in Redis so every process agrees.
-    login_throttle = LoginThrottle(redis, prefix, settings.auth.login_attempts_per_minute)
+    # Brute-force guards on the one endpoint that takes a password and on webhook secrets; counted in Redis
+    # so every process agrees, timed by Redis's own answers rather than this process's loop.
+    throttle_calls = ThrottleCalls(settings.redis.url)
+    # Their own few connections: a flood of 600 requests must not open 600 connections to Redis at once.
+    throttle_redis = Redis(
+        connection_pool=BlockingConnectionPool.from_url(settings.redis.url, max_connections=8)
+    )
+    login_throttle = LoginThrottle(
+        throttle_redis,
+        throttle_calls,
+        prefix,
+        settings.auth.login_attempts_per_minute,
+        settings.auth.login_failures_per_account,
+        settings.auth.login_account_window_s,
+    )
+    login_slots = LoginSlots(settings.auth.login_slots(settings.db.pool_size))
     webhooks = Router(
         path="/",
         route_handlers=[WebhookController],
@@ -199,13 +217,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "verified_tokens": verified_tokens,
                 "login_throttle": login_throttle,
                 "webhook_throttle": WebhookAuthThrottle(
-                    redis, prefix, settings.auth.webhook_auth_failures_per_minute
+                    throttle_redis, throttle_calls, prefix, settings.auth.webhook_auth_failures_per_minute
                 ),
             }
         ),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "token_issuer": Provide(lambda: token_issuer, use_cache=True, sync_to_thread=False),
+            "login_throttle": Provide(lambda: login_throttle, use_cache=True, sync_to_thread=False),
+            "login_slots": Provide(lambda: login_slots, use_cache=True, sync_to_thread=False),
             "redis": Provide(lambda: redis, use_cache=True, sync_to_thread=False),
             "publisher": Provide(lambda: publisher, use_cache=True, sync_to_thread=False),
             "pages": Provide(lambda: pages, use_cache=True, sync_to_thread=False),

@@ -10,7 +10,12 @@ changed. uvicorn buffers a whole message before the app sees it, 16 MiB by defau
 commands of at most WS_MAX_FRAME_BYTES, so it buffers that plus a margin: a frame a little too big still
 gets the app's `frame_too_large` answer on a socket that stays open, a bigger one closes it with 1009.
 
-The benchmarks start uvicorn with `cli_args()`, the same options on its command line.
+Forwarding headers are trusted from nobody by default (issue 12, finding 8): the throttles count the
+client's address, and with uvicorn's own default (trust 127.0.0.1) anything on the host, or a proxy that
+appends rather than replaces X-Forwarded-For, could give every request an address, and a budget, of its
+own. Behind a reverse proxy set FORWARDED_ALLOW_IPS to the proxy's address(es).
+
+The benchmarks and the test rig start uvicorn with `cli_args()`, the same options on its command line.
 """
 
 from __future__ import annotations
@@ -34,12 +39,26 @@ def websocket_options(realtime: RealtimeSettings) -> dict[str, object]:
     }
 
 
-def cli_args(realtime: RealtimeSettings) -> list[str]:
-    """`websocket_options` as `uvicorn` command-line arguments."""
+def proxy_options(forwarded_allow_ips: str | None) -> dict[str, object]:
+    """Proxy headers only from the addresses FORWARDED_ALLOW_IPS names; unset or empty: from nobody."""
+    if not forwarded_allow_ips:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": forwarded_allow_ips}
+
+
+def cli_args(realtime: RealtimeSettings, forwarded_allow_ips: str | None = None) -> list[str]:
+    """`websocket_options` and `proxy_options` as `uvicorn` command-line arguments."""
     args = []
     for name, value in websocket_options(realtime).items():
         args += [f"--{name.replace('_', '-')}", str(value)]
-    return args
+    return args + proxy_cli_args(forwarded_allow_ips)
+
+
+def proxy_cli_args(forwarded_allow_ips: str | None) -> list[str]:
+    """`proxy_options` as `uvicorn` command-line arguments (its own default trusts 127.0.0.1)."""
+    if not forwarded_allow_ips:
+        return ["--no-proxy-headers"]
+    return ["--proxy-headers", "--forwarded-allow-ips", forwarded_allow_ips]
 
 
 def main() -> None:
@@ -50,9 +69,8 @@ def main() -> None:
         port=int(os.environ.get("PORT", "3001")),
         workers=int(os.environ.get("WEB_CONCURRENCY", "1")),
         timeout_graceful_shutdown=int(os.environ.get("GRACEFUL_SHUTDOWN_SECONDS", "20")),
-        proxy_headers=True,
-        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         access_log=os.environ.get("ACCESS_LOG", "1") == "1",
+        **proxy_options(os.environ.get("FORWARDED_ALLOW_IPS")),  # type: ignore[arg-type]
         **websocket_options(settings.realtime),  # type: ignore[arg-type]
     )
 

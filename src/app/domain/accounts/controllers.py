@@ -8,9 +8,10 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.params import Body
 
 from app.domain.accounts.auth import TokenIssuer
+from app.domain.accounts.login_slots import LoginSlots
 from app.domain.accounts.schemas import AgentOut, LoginRequest, LoginResponse
 from app.domain.accounts.services import AgentService
-from app.domain.accounts.throttle import throttle_logins
+from app.domain.accounts.throttle import LoginThrottle, throttle_logins
 from app.lib.deps import DbSession
 from app.lib.openapi import problems
 
@@ -28,8 +29,8 @@ class AuthController(Controller):
             400,
             (401, "Wrong e-mail or password"),
             413,
-            (429, "Too many login attempts from this client; retry after `Retry-After` seconds"),
-            503,
+            (429, "Too many attempts from this client, or failures for this account (Retry-After)"),
+            (503, "The database, or this process's share of logins, is busy; retry after `Retry-After`"),
         ),
     )
     async def login(
@@ -37,8 +38,18 @@ class AuthController(Controller):
         data: Annotated[LoginRequest, Body()],
         db_session: DbSession,
         token_issuer: NamedDependency[TokenIssuer],
+        login_throttle: NamedDependency[LoginThrottle],
+        login_slots: NamedDependency[LoginSlots],
     ) -> LoginResponse:
-        agent = await AgentService(session=db_session).authenticate(data.email, data.password)
+        # The account's failure budget is taken before the password is checked, given back on success.
+        reservation = await login_throttle.reserve_account(data.email)
+        try:
+            async with login_slots.taken():
+                agent = await AgentService(session=db_session).authenticate(data.email, data.password)
+        except BaseException:
+            await reservation.settle(failed=False)  # not judged (database or slots busy)
+            raise
+        await reservation.settle(failed=agent is None)
         if agent is None:
             raise NotAuthorizedException("wrong e-mail or password")
         return LoginResponse(

@@ -57,6 +57,11 @@ class AgentService(SQLAlchemyAsyncRepositoryService[Agent]):
     async def authenticate(self, email: str, password: str) -> Agent | None:
         """The agent with these credentials, or None; as slow for an unknown e-mail as for a bad password."""
         agent = await self.get_one_or_none(email=email.strip().lower())
+        # End the read's transaction before hashing: its pooled connection goes back to ingest's pool while
+        # scrypt runs (issue 12, finding 1b). The agent is detached first, so the rollback does not expire it.
+        if agent is not None:
+            self.repository.session.expunge(agent)
+        await self.repository.session.rollback()
         stored = agent.password_hash if agent is not None else DUMMY_HASH
         valid = await anyio.to_thread.run_sync(verify_password, password, stored)
         if agent is None or not valid or not agent.is_active:

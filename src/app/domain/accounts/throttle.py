@@ -1,26 +1,64 @@
-"""The login throttle: attempts per client address per minute, every attempt counted (right or wrong
-password), shared by every API process through Redis (`app.lib.throttle`). Fails open: with Redis down,
-agents can still log in."""
+"""The login throttles, shared by every API process through Redis (`app.lib.throttle`); both fail open, so
+agents can still log in with Redis down.
+
+- Per client address: LOGIN_ATTEMPTS_PER_MINUTE attempts, every attempt counted (right or wrong password)
+  before the body is even parsed, so a flood from one address costs no scrypt.
+- Per account (issue 12, finding 8): LOGIN_FAILURES_PER_ACCOUNT failed attempts per e-mail per
+  LOGIN_ACCOUNT_WINDOW_SECONDS, whatever the address, so rotating addresses cannot go on guessing one
+  account's password. Each attempt reserves its slot before the password is checked (concurrent guesses
+  cannot outrun it) and a successful login gives it back. Once spent, the account refuses every login,
+  the right password included, until the window closes. The cost, accepted: anyone who knows an e-mail can
+  lock that account out for one window with that many wrong guesses; the agent is told to retry later
+  (429 with Retry-After), nothing is revealed, and other accounts are unaffected. Unknown e-mails are counted
+  the same way, so the answer does not tell them apart. Keys carry a hash of the e-mail, not the e-mail.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from redis.asyncio import Redis
 
-from app.lib.throttle import ClientThrottle, client_address
+from app.lib.throttle import ClientThrottle, Reservation, client_address
+from app.lib.throttle_calls import ThrottleCalls
 
 
 class LoginThrottle:
-    def __init__(self, redis: Redis, key_prefix: str, per_minute: int) -> None:
-        self._budget = ClientThrottle(
-            redis, f"{key_prefix}:login-attempts", per_minute, "too many login attempts; try again later"
+    def __init__(
+        self,
+        redis: Redis,
+        calls: ThrottleCalls,
+        key_prefix: str,
+        per_minute: int,
+        failures_per_account: int,
+        account_window_s: int,
+    ) -> None:
+        self._addresses = ClientThrottle(
+            redis,
+            calls,
+            f"{key_prefix}:login-attempts",
+            per_minute,
+            "too many login attempts; try again later",
+        )
+        self._accounts = ClientThrottle(
+            redis,
+            calls,
+            f"{key_prefix}:login-account-failures",
+            failures_per_account,
+            "too many failed logins for this account; try again later",
+            window_s=account_window_s,
         )
 
     async def check(self, client: str) -> None:
-        self._budget.refuse_if_over(await self._budget.count(client))
+        self._addresses.refuse_if_over(await self._addresses.count(client))
+
+    async def reserve_account(self, email: str) -> Reservation:
+        """A slot of the account's failure budget; settle it with the attempt's outcome."""
+        subject = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+        return await self._accounts.reserve(subject)
 
 
 async def throttle_logins(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

@@ -11,7 +11,7 @@ from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.gateways.service import WebhookService
 from app.domain.gateways.webhook_body import WebhookBodies
-from app.domain.gateways.webhook_throttle import refuse_throttled_clients, webhook_throttle_of
+from app.domain.gateways.webhook_throttle import webhook_throttle_of
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
@@ -22,11 +22,10 @@ from app.lib.throttle import client_address
 
 class WebhookController(Controller):
     """Gateways post here. Not behind JWT: each request is verified by its instance's secret or signature;
-    addresses that fail verification too often are refused for a while (`webhook_throttle`)."""
+    an (address, instance) pair failing verification too often is refused for a while (`webhook_throttle`)."""
 
     path = "/api/webhooks"
     tags = ["webhooks"]
-    guards = [refuse_throttled_clients]
 
     @post(
         "/{gateway:str}/{instance:str}",
@@ -38,7 +37,7 @@ class WebhookController(Controller):
             (404, "Unknown gateway or instance"),
             (413, "The body is larger than the gateway's limit (WEBHOOK_MAX_BODY_BYTES; Cloud API 1 MiB)"),
             (422, "Not this gateway's payload shape, addressed to another account, or a field out of bounds"),
-            (429, "Too many failed verifications from this address lately (Retry-After)"),
+            (429, "Too many failed verifications or unknown names from this address lately (Retry-After)"),
             (503, "Database unavailable, or too many unverified bodies being read (Retry-After)"),
         ),
     )
@@ -55,7 +54,7 @@ class WebhookController(Controller):
     ) -> WebhookAck:
         # No body parameter: the service reads it (webhook_body) only once the headers let it.
         head = WebhookHead(headers=request.headers, query=dict(request.query_params))
-        async with webhook_throttle_of(request).counting_failures(client_address(request)):
+        async with webhook_throttle_of(request).judging(client_address(request), gateway, instance):
             result = await WebhookService(db_session, publisher, jobs, recent_instances).receive(
                 gateway, instance, head, webhook_bodies.reader(request)
             )
@@ -75,7 +74,7 @@ class WebhookController(Controller):
             (400, "hub.challenge missing"),
             (401, "hub.mode is not 'subscribe', or hub.verify_token is not the instance's"),
             (404, "Not a Cloud API gateway, or an unknown instance"),
-            (429, "Too many failed verifications from this address lately (Retry-After)"),
+            (429, "Too many failed verifications or unknown names from this address lately (Retry-After)"),
             503,
         ),
     )
@@ -90,6 +89,6 @@ class WebhookController(Controller):
         # Same path as the POST (a static "cloudapi" segment would shadow it); only Cloud API has a handshake.
         if gateway != "cloudapi":
             raise problem(404, f"no GET handshake for gateway '{gateway}'")
-        async with webhook_throttle_of(request).counting_failures(client_address(request)):
+        async with webhook_throttle_of(request).judging(client_address(request), gateway, instance):
             found = await WebhookService(db_session, recent=recent_instances).find_instance(gateway, instance)
             return verify_subscription(dict(request.query_params), credentials_of(found))

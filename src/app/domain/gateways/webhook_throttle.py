@@ -1,11 +1,23 @@
-"""Webhook routes against secret guessing: failed verifications are counted per client address (shared by
-every API process, `app.lib.throttle`); an address with WEBHOOK_AUTH_FAILURES_PER_MINUTE of them gets 429
-on every webhook route until its minute passes, even with the right secret (else guessing would go on:
-the one right guess would still be told apart).
+"""Webhook routes against secret guessing and name probing, counted in Redis across every API process
+(`app.lib.throttle`).
 
-Only failures count: a verified gateway is never throttled, however much it sends (WPPConnect never
-retries, so a 429 to it would lose messages). A failure is a missing or wrong secret or signature, or an
-unknown gateway or instance (probing for instance names). Fails open with Redis down.
+Per (client address, gateway, instance name) pair: each request takes a slot of the pair's budget,
+WEBHOOK_AUTH_FAILURES_PER_MINUTE, atomically before its secret or signature is evaluated; a verified request
+gives its slot back, a failed one keeps it. So concurrent guesses cannot outrun the budget (issue 12,
+finding 6), and a pair whose budget is spent gets 429 on every request until its minute passes, even with the
+right secret (else guessing would go on: the one right guess would still be told apart).
+
+Per pair and not per address (issue 12, finding 3): one WPPConnect/Evolution server often hosts many
+organisations' instances, and Meta sends every app's webhooks from shared egress. Failures for one instance
+(a stale secret in org B) must not refuse another instance's verified webhooks from the same host.
+
+Unknown gateways and instance names (probing) are counted per address in a budget of their own, after the
+lookup: past it, an unknown name answers 429 instead of 404, so at most the budget of names per minute learn
+whether they exist, while the same address's webhooks for instances that do exist are judged by their own
+pair's budget only.
+
+Verified gateway traffic is never refused and never counted (WPPConnect never retries, so a 429 to it would
+lose messages). Fails open with Redis down.
 """
 
 from __future__ import annotations
@@ -15,43 +27,44 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 from redis.asyncio import Redis
 
 from app.domain.gateways.base import WebhookTargetUnknown, WebhookUnauthorized
-from app.lib.throttle import ClientThrottle, client_address
+from app.lib.throttle import ClientThrottle
+from app.lib.throttle_calls import ThrottleCalls
 
 
 class WebhookAuthThrottle:
-    def __init__(self, redis: Redis, key_prefix: str, per_minute: int) -> None:
-        self._budget = ClientThrottle(
-            redis,
-            f"{key_prefix}:webhook-auth-failures",
-            per_minute,
-            "too many failed webhook verifications from this address; try again later",
+    def __init__(self, redis: Redis, calls: ThrottleCalls, key_prefix: str, per_minute: int) -> None:
+        refusal = "too many failed webhook verifications from this address; try again later"
+        self._pairs = ClientThrottle(redis, calls, f"{key_prefix}:webhook-auth-failures", per_minute, refusal)
+        self._unknown = ClientThrottle(
+            redis, calls, f"{key_prefix}:webhook-unknown-targets", per_minute, refusal
         )
 
-    async def refuse_if_over(self, client: str) -> None:
-        self._budget.refuse_if_spent(await self._budget.current(client))
-
     @asynccontextmanager
-    async def counting_failures(self, client: str) -> AsyncIterator[None]:
-        """Count a failure of `client` if the block raises a verification failure (and let it propagate)."""
+    async def judging(self, client: str, gateway: str, instance: str) -> AsyncIterator[None]:
+        """Around one request's lookup and verification: reserve the pair's slot first, keep it if the block
+        raises a verification failure, give it back otherwise; count an unknown target in the address's
+        probing budget (a 429 past it)."""
+        reservation = await self._pairs.reserve(f"{client}:{gateway}:{instance}")
         try:
             yield
-        except (WebhookUnauthorized, WebhookTargetUnknown):
-            await self._budget.count(client)
+        except WebhookUnauthorized:
+            await reservation.settle(failed=True)
             raise
+        except WebhookTargetUnknown:
+            await reservation.settle(failed=False)  # no secret of a real instance was tried
+            self._unknown.refuse_if_over(await self._unknown.count(client))
+            raise
+        except BaseException:
+            await reservation.settle(
+                failed=False
+            )  # verified, or never evaluated (the body's or server's fault)
+            raise
+        await reservation.settle(failed=False)
 
 
 def webhook_throttle_of(connection: ASGIConnection[Any, Any, Any, Any]) -> WebhookAuthThrottle:
     throttle: WebhookAuthThrottle = connection.app.state.webhook_throttle
     return throttle
-
-
-async def refuse_throttled_clients(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-) -> None:
-    """Guard of the webhook routes: runs before the handler, so a throttled request costs no database
-    lookup and no body."""
-    await webhook_throttle_of(connection).refuse_if_over(client_address(connection))
