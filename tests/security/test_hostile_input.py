@@ -30,9 +30,19 @@ from app.domain.gateways.instances import IncompleteInstance, InstanceService
 from tests.factories import PASSWORD, create_tenant
 from tests.process_rig import ApiProcess
 from tests.security.conftest import WEBHOOK_AUTH_LIMIT
-from tests.security.support import Client, bearer, history, login, org_rows, row_counts, seed_org
+from tests.security.support import (
+    Client,
+    bearer,
+    history,
+    login,
+    org_rows,
+    row_counts,
+    seed_org,
+    valid_token,
+)
 from tests.security.test_webhook_entry import from_address
 from tests.webhooks import fixture_for, signed_headers, with_message_id
+from tests.ws_client import WsClient
 
 GATEWAYS = ["wppconnect", "evolution", "cloudapi"]
 TEXT = {"wppconnect": "onmessage_text", "evolution": "v2_messages_upsert_text", "cloudapi": "inbound_text"}
@@ -297,3 +307,22 @@ async def test_login_with_a_lone_surrogate_is_a_client_error(client: Client, ses
         "/api/auth/login", content=body, headers={"content-type": "application/json"}
     )
     assert response.status_code in (400, 401), response.text
+
+
+async def test_a_websocket_frame_nested_too_deeply_is_refused_and_the_socket_survives(
+    processes: list[ApiProcess], engine: AsyncEngine, session: AsyncSession, settings: Settings
+):
+    """The same RecursionError in the frame decoder closed the socket with a traceback (1011)."""
+    org = await seed_org(engine, session, settings)
+    client = await WsClient.connect(processes[0].ws_url, valid_token(settings, org.tenant))
+    try:
+        assert (await client.recv_json())["type"] == "ready"
+        depth = (settings.realtime.max_frame_bytes - 40) // 2  # under the frame limit, past the recursion one
+        await client._conn.send('{"type": "ping", "x": ' + "[" * depth + "]" * depth + "}")
+        refused = await client.recv_json()
+        assert refused["type"] == "error" and refused["code"] == "invalid_frame", refused
+        await client.send_json({"type": "ping"})
+        assert (await client.recv_json())["type"] == "pong"
+    finally:
+        await client.close()
+    assert_no_traceback(processes[0])
