@@ -1,4 +1,4 @@
-"""Schemathesis against the app's own OpenAPI document, every operation but the webhooks and /ws.
+"""Schemathesis against the app's own OpenAPI document, every operation but /ws (not in the schema).
 
 The app (`create_app(settings)`) runs in-process behind Schemathesis's ASGI transport, with a deployment key
 prefix of its own (its jobs land in queues no worker of another test consumes). A tenant of its own has one
@@ -17,6 +17,13 @@ Checked per response:
   with a wrong one (Schemathesis probes both); public operations are documented without the requirement;
 - every 4xx/5xx carries its own status in the problem document (the app's error contract).
 
+Unauthenticated, as an attacker holding no secret (issue 12: each of these was a 500 with a traceback): the
+login, and both webhook routes with generated gateways and instance names as well as the tenant's real
+ones, generated query strings (`token`, `hub.*`, anything), no / wrong secrets or a well-formed wrong
+signature, and hostile bodies (nesting past the recursion limit, lone surrogates, NUL, random bytes, real
+gateway payloads). None may answer 5xx or 2xx, nor write anything. The login and send routes also get
+those hostile bodies in place of the generated ones.
+
 Left out, and why: `positive_data_acceptance` (an opaque cursor or before_seq+after_seq together are
 schema-valid and rightly refused, and are documented as 400), `negative_data_rejection` (unknown query
 parameters are ignored, as everywhere in Litestar).
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,13 +65,14 @@ from app.config import Settings
 from app.db.models import WhatsAppInstance
 from app.server.core import create_app
 from tests.factories import PASSWORD, Tenant, create_tenant
+from tests.fuzz.payloads import GATEWAYS, JSON_VALUES, bodies, encode
 from tests.webhooks import fixture_for, signed_headers
 
 T = TypeVar("T")
 BASE = "http://testserver"
 
-# Every operation in the schema, minus the webhooks (tests/fuzz/test_adapters_hypothesis.py) and /ws (not
-# in the schema). test_every_operation_is_fuzzed fails when a route is added without being listed here.
+# Every operation in the schema (/ws is not in it). test_every_operation_is_fuzzed fails when a route is
+# added without being listed here. Verified webhook bodies: tests/fuzz/test_adapters_hypothesis.py.
 OPERATIONS = [
     ("POST", "/api/auth/login"),
     ("GET", "/api/whatsapp-optimized/conversations"),
@@ -78,12 +87,59 @@ OPERATIONS = [
     ("GET", "/health"),
     ("GET", "/ready"),
 ]
-NOT_FUZZED_HERE = {
-    ("GET", "/api/webhooks/{gateway}/{instance}"),
-    ("POST", "/api/webhooks/{gateway}/{instance}"),
-}
+WEBHOOK = "/api/webhooks/{gateway}/{instance}"
+WEBHOOK_OPERATIONS = [("POST", WEBHOOK), ("GET", WEBHOOK)]
 
 ADMIN_ONLY = {("GET", "/api/whatsapp-optimized/stats")}
+PUBLIC = {("POST", "/api/auth/login"), ("GET", "/health"), ("GET", "/ready")}  # fuzzed with no token
+WITH_BODY = {("POST", "/api/auth/login"), ("POST", "/api/whatsapp-optimized/messages/{conversation_id}")}
+
+# Bodies no schema describes: nesting past the recursion limit (as arrays, objects, under a key), JSON with
+# lone surrogates, NUL, huge numbers and deep values (tests/fuzz/payloads.py), random bytes.
+HOSTILE_BODIES: st.SearchStrategy[bytes] = st.one_of(
+    st.sampled_from([1_100, 5_000, 100_000]).map(lambda depth: b"[" * depth + b"]" * depth),
+    st.sampled_from([1_100, 100_000]).map(lambda depth: b'{"a":' * depth + b"1" + b"}" * depth),
+    st.sampled_from([1_100, 100_000]).map(lambda depth: b'{"text":' + b"[" * depth + b"]" * depth + b"}"),
+    st.builds(encode, JSON_VALUES, ascii_only=st.booleans()),
+    st.binary(max_size=64),
+)
+# No secret, a wrong one, a well-formed wrong signature (Cloud API then reads and hashes the body).
+FORGED_HEADERS = st.sampled_from(
+    [
+        {},
+        {"X-Webhook-Secret": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"X-Hub-Signature-256": "sha256=" + "0" * 64},
+        {"X-Hub-Signature-256": "sha1=00"},
+    ]
+)
+# Paths of our own besides the generated ones: a real gateway, and a name with control characters (NUL
+# included), non-ASCII, slashes, or past the column's 100 characters.
+WEBHOOK_PATHS = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {
+            "gateway": st.sampled_from(["cloudapi", *GATEWAYS]),  # the one with a GET handshake, twice
+            "instance": st.one_of(
+                st.text(st.characters(codec="utf-8"), max_size=110),
+                st.builds(
+                    "{}{}{}".format,
+                    st.text(max_size=8),
+                    st.sampled_from(
+                        ["\x00", "\x00", "\x00", "\n", "\x7f", "\x85", "n" * 101]
+                    ),  # NUL: Postgres refuses it
+                    st.text(max_size=8),
+                ),
+            ),
+        }
+    ),
+)
+WEBHOOK_QUERIES = st.dictionaries(
+    st.sampled_from(["token", "TOKEN", "hub.mode", "hub.verify_token", "hub.challenge"])
+    | st.text(max_size=6),
+    st.sampled_from(["subscribe", "", "\x00", "x" * 300]) | st.text(max_size=12),
+    max_size=4,
+)
 
 SCHEMATHESIS_CHECKS = [
     not_a_server_error,
@@ -120,6 +176,7 @@ class Api:
     conversation_id: str
     media_id: str
     database_url: str
+    tenant: Tenant
 
 
 def _seed_tenant(settings: Settings) -> Tenant:
@@ -173,7 +230,9 @@ def api(settings: Settings) -> Iterator[Api]:
         page = client.get(f"{BASE}/api/whatsapp-optimized/messages/{conversation_id}", headers=agent_headers)
         media_id = next(m["media"]["id"] for m in page.json()["items"] if m["media"])
     try:
-        yield Api(app, schema, agent_headers, admin_headers, conversation_id, media_id, settings.db.url)
+        yield Api(
+            app, schema, agent_headers, admin_headers, conversation_id, media_id, settings.db.url, tenant
+        )
     finally:
         asgi.shutdown_lifespans()
 
@@ -195,7 +254,7 @@ def _assert_error_contract(response: Any) -> None:
 
 def test_every_operation_is_fuzzed(api: Api):
     in_schema = {(op.ok().method.upper(), op.ok().path) for op in api.schema.get_all_operations()}
-    assert in_schema - NOT_FUZZED_HERE == set(OPERATIONS)
+    assert in_schema == set(OPERATIONS) | set(WEBHOOK_OPERATIONS)
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
@@ -214,14 +273,25 @@ def test_operation_conforms(api: Api, method: str, path: str):
             *strategies,
         ]
     headers = api.admin_headers if (method, path) in ADMIN_ONLY else api.agent_headers
+    if (method, path) in PUBLIC:
+        headers = {}
     checks = SCHEMATHESIS_CHECKS
     if path == "/ready":
         checks = [check for check in checks if check is not not_a_server_error]
+    # One case in four, a body no schema describes instead of the generated one.
+    hostile = (
+        st.one_of(st.none(), st.none(), st.none(), HOSTILE_BODIES)
+        if (method, path) in WITH_BODY
+        else st.none()
+    )
 
     @FUZZ
-    @given(case=st.one_of(strategies))
-    def run(case: Any) -> None:
-        response = case.call(headers=headers)
+    @given(case=st.one_of(strategies), body=hostile)
+    def run(case: Any, body: bytes | None) -> None:
+        if body is None:
+            response = case.call(headers=headers)
+        else:
+            response = case.call(headers={**headers, "Content-Type": "application/json"}, data=body)
         hypothesis.event(f"{response.status_code}")  # what was reached: pytest --hypothesis-show-statistics
         case.validate_response(response, checks=checks)
         if path == "/ready" and response.status_code == 503:
@@ -233,6 +303,64 @@ def test_operation_conforms(api: Api, method: str, path: str):
             _assert_error_contract(response)
 
     run()
+
+
+def _message_count(database_url: str, org_id: Any) -> int:
+    async def count() -> int:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                query = text("SELECT count(*) FROM messages WHERE org_id = :org")
+                return int((await conn.execute(query, {"org": org_id})).scalar_one())
+        finally:
+            await engine.dispose()
+
+    return _in_own_loop(count)
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_webhook_route_without_a_secret_conforms(api: Api, method: str):
+    """Generated and real gateway/instance paths, queries and bodies, no valid secret: a documented 4xx."""
+    operation = api.schema[WEBHOOK][method]
+    real = {g: {"gateway": g, "instance": api.tenant.instance(g).name} for g in GATEWAYS}
+    strategies = [operation.as_strategy(GenerationMode.POSITIVE, path_parameters=p) for p in real.values()]
+    strategies += [operation.as_strategy(mode) for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+    payloads = [
+        bodies(g).map(lambda b, i=api.tenant.instance(g): b.for_instance(i.name, i.phone_number_id))
+        for g in GATEWAYS
+    ]
+    body_strategy = st.one_of(HOSTILE_BODIES, *payloads) if method == "POST" else st.none()
+    before = _message_count(api.database_url, api.tenant.org_id)
+    answers: Counter[int] = Counter()
+
+    @hypothesis.settings(FUZZ, max_examples=60)
+    @given(
+        case=st.one_of(strategies),
+        path=WEBHOOK_PATHS,
+        query=WEBHOOK_QUERIES,
+        forged=FORGED_HEADERS,
+        body=body_strategy,
+    )
+    def run(
+        case: Any,
+        path: dict[str, str] | None,
+        query: dict[str, str],
+        forged: dict[str, str],
+        body: bytes | None,
+    ) -> None:
+        if path is not None:
+            case.path_parameters = path
+        extra = {} if body is None else {"data": body}
+        response = case.call(headers={"Content-Type": "application/json", **forged}, params=query, **extra)
+        hypothesis.event(f"{response.status_code}")
+        answers[response.status_code] += 1
+        case.validate_response(response, checks=SCHEMATHESIS_CHECKS)
+        _assert_error_contract(response)
+        assert response.status_code >= 400, f"{response.status_code} without a secret: {response.text[:200]}"
+
+    run()
+    print(f"{method} {WEBHOOK} without a secret: answers {dict(sorted(answers.items()))}")
+    assert _message_count(api.database_url, api.tenant.org_id) == before
 
 
 # --- what the fuzzing found, one minimal request each -------------------------------------------------------

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 import msgspec
+
+_INVALID = "cursor is not valid; use the next_cursor value of a previous page"
 
 
 class InvalidCursor(ValueError):
@@ -33,7 +35,12 @@ class ActivityCursor(msgspec.Struct, array_like=True, frozen=True):
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             cursor = msgspec.json.decode(raw, type=cls)
         except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
-            raise InvalidCursor("cursor is not valid; use the next_cursor value of a previous page") from exc
+            raise InvalidCursor(_INVALID) from exc
         if cursor.at.tzinfo is None:
-            raise InvalidCursor("cursor is not valid; use the next_cursor value of a previous page")
-        return cursor
+            raise InvalidCursor(_INVALID)
+        try:
+            # In UTC, as issued; a time whose offset takes it out of datetime's range in UTC
+            # ("0001-01-01T00:00:00+14:00") is no position at all, and the driver would fail on it (issue 12).
+            return msgspec.structs.replace(cursor, at=cursor.at.astimezone(UTC))
+        except OverflowError as exc:
+            raise InvalidCursor(_INVALID) from exc

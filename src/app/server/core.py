@@ -50,6 +50,7 @@ from app.domain.stats.process import ProcessSnapshots
 from app.lib.dbstats import count_queries
 from app.lib.errors import is_database_unavailable, problem_details_config, server_error_handlers
 from app.lib.jobs import ArqPlugin, JobQueue
+from app.lib.json_requests import JsonDepthGuardedRequest
 from app.lib.logging import outermost_request_ids, structlog_plugin
 from app.lib.metrics import metrics_route, prometheus_config
 from app.lib.openapi import document_api
@@ -258,6 +259,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[ScalarRenderPlugin()],
         ),
         request_max_body_size=DEFAULT_MAX_BODY_BYTES,
+        request_class=JsonDepthGuardedRequest,  # a JSON body nested too deeply: 400, not 500
     )
     document_api(app, jwt_auth)  # errors as problem documents; the bearer requirement where JWT applies
     return app

@@ -34,6 +34,8 @@ from app.workers.sending import send_job_id
 
 NOT_FOUND = (404, "No such conversation in your organisation")
 PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="page size, at most 100")]
+# seq is a BIGINT: a larger number is refused here (400, and documented) instead of failing in the driver.
+SEQ_MAX = 2**63 - 1
 
 
 class ConversationController(Controller):
@@ -111,8 +113,8 @@ class ConversationController(Controller):
         request: AgentRequest,
         pages: NamedDependency[PageReader],
         conversation_id: FromPath[UUID],
-        before_seq: Annotated[int | None, QueryParameter(ge=1)] = None,
-        after_seq: Annotated[int | None, QueryParameter(ge=0)] = None,
+        before_seq: Annotated[int | None, QueryParameter(ge=1, le=SEQ_MAX)] = None,
+        after_seq: Annotated[int | None, QueryParameter(ge=0, le=SEQ_MAX)] = None,
         limit: PageLimit = 50,
     ) -> Response[bytes]:
         if before_seq is not None and after_seq is not None:

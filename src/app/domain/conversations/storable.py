@@ -1,8 +1,10 @@
 """What a gateway event must look like before ingest writes it: gateways send whatever their clients typed.
 
-U+0000 becomes U+FFFD (Postgres refuses NUL in text and JSONB), ids longer than their column are refused
-(422: cutting them would merge distinct messages), display fields are cut to their column, sizes outside
-BIGINT are dropped. Column sizes are read from the models, so a migration cannot leave them stale.
+U+0000 becomes U+FFFD (Postgres refuses NUL in text and JSONB; lone UTF-16 surrogates, which msgspec
+refuses, became U+FFFD when the body was decoded: app.domain.gateways.webhook_helpers), ids longer than
+their column are refused (422: cutting them would merge distinct messages), display fields are cut to
+their column, sizes outside BIGINT are dropped. Column sizes are read from the models, so a migration
+cannot leave them stale.
 
 A message text or caption is capped at WhatsApp's own limit, MAX_TEXT_CHARS (65,536 characters; issue 12:
 before, only the 24 MiB body limit bounded it, and such a text went whole into every page, preview and

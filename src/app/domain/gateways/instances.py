@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from uuid import UUID
@@ -17,6 +18,20 @@ from app.domain.gateways.base import InstanceCredentials
 
 class IncompleteInstance(ValueError):
     """An instance that could not safely receive webhooks as configured."""
+
+
+_NAME_LENGTH: int = WhatsAppInstance.name.type.length
+# C0 and C1 control characters (NUL among them, which Postgres refuses in text) and lone surrogates.
+_CONTROL_OR_SURROGATE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def is_instance_name(name: str) -> bool:
+    """Whether `name` can name an instance: 1 to 100 characters, none of them a control character.
+
+    Webhooks check it before any lookup, so `/api/webhooks/wppconnect/x%00` is an unknown instance (404,
+    counted as a failed verification) rather than a query Postgres refuses with a 500 (issue 12).
+    """
+    return 0 < len(name) <= _NAME_LENGTH and _CONTROL_OR_SURROGATE.search(name) is None
 
 
 class InstanceService(SQLAlchemyAsyncRepositoryService[WhatsAppInstance]):
@@ -37,6 +52,10 @@ class InstanceService(SQLAlchemyAsyncRepositoryService[WhatsAppInstance]):
         api_token: str | None = None,
         phone_number_id: str | None = None,
     ) -> WhatsAppInstance:
+        if not is_instance_name(name):
+            raise IncompleteInstance(
+                f"an instance name has 1 to {_NAME_LENGTH} characters and no control characters"
+            )
         if gateway is GatewayKind.CLOUDAPI and not (phone_number_id or "").strip():
             # One Meta app secret signs the webhooks of all the app's numbers: the phone number id is what
             # tells this instance's apart (the webhook refuses an instance without one).

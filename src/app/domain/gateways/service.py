@@ -17,7 +17,12 @@ from app.db.models import GatewayKind
 from app.domain.conversations.ingest import IngestResult, IngestService
 from app.domain.gateways.base import WebhookHead, WebhookRequest, WebhookTargetUnknown
 from app.domain.gateways.events import GatewayEvent, IgnoredEvent
-from app.domain.gateways.instances import ReceivingInstance, credentials_of, find_receiving_instance
+from app.domain.gateways.instances import (
+    ReceivingInstance,
+    credentials_of,
+    find_receiving_instance,
+    is_instance_name,
+)
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.registry import get_adapter
 from app.domain.gateways.webhook_body import ReadBody
@@ -90,6 +95,8 @@ class WebhookService:
             kind = GatewayKind(gateway)
         except ValueError:
             raise WebhookTargetUnknown(f"unknown gateway '{gateway}'") from None
+        if not is_instance_name(instance_name):  # NUL, control characters, too long: nothing to look up
+            raise WebhookTargetUnknown(f"unknown {gateway} instance")
         instance = self.recent.get(kind, instance_name)
         if instance is not None:
             return instance

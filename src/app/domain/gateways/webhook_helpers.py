@@ -1,5 +1,8 @@
 """Pieces the webhook adapters share: decoding with the right rejection, timestamps, secrets, file hashes.
 
+Every decode of a gateway's JSON goes through here, so lone UTF-16 surrogates are handled once for all
+gateways (issue 12: one `"\\ud83d"` anywhere, even under an ignored key, used to refuse the whole webhook).
+
 Pure functions: no I/O, no clock except where a gateway sent no time at all.
 """
 
@@ -10,7 +13,7 @@ import binascii
 import hmac
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -31,6 +34,45 @@ _BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*")
 # "not JSON we can read" (400), never a server error.
 UNREADABLE_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
+# A `\uXXXX` escape of a UTF-16 surrogate that is not half of a pair: Node's JSON.stringify writes one for
+# an emoji cut in half (a truncated push name), and msgspec refuses the whole document for it. Scanned left
+# to right, an escaped backslash is consumed first, so the `u` after `\\` is never taken for an escape.
+_BACKSLASH_PAIR_OR_SURROGATE_ESCAPE = re.compile(
+    rb"\\\\"  # an escaped backslash: kept
+    rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # a surrogate pair, one character: kept
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"  # a lone surrogate: U+FFFD
+)
+_REPLACEMENT_ESCAPE = rb"\ufffd"  # six bytes, like the escape it replaces
+_LONE_SURROGATE_LENGTH = len(_REPLACEMENT_ESCAPE)
+
+
+def _replace_lone(match: re.Match[bytes]) -> bytes:
+    token = match.group()
+    return _REPLACEMENT_ESCAPE if len(token) == _LONE_SURROGATE_LENGTH else token
+
+
+def lone_surrogates_replaced(payload: bytes | msgspec.Raw) -> bytes | None:
+    """The JSON with each lone surrogate escape turned into U+FFFD (as ingest does with NUL, which
+    Postgres refuses), or None when it has none. The message then lands with U+FFFD where its gateway's
+    client had half a character, instead of being lost whole."""
+    data = bytes(payload)
+    replaced = _BACKSLASH_PAIR_OR_SURROGATE_ESCAPE.sub(_replace_lone, data)
+    return replaced if replaced != data else None
+
+
+def _decode(decode: Callable[[bytes | msgspec.Raw], T], payload: bytes | msgspec.Raw) -> T:
+    """`decode(payload)`, again over `lone_surrogates_replaced(payload)` if msgspec refused the JSON itself
+    (never for the wrong shape): nothing is scanned or copied on the common path."""
+    try:
+        return decode(payload)
+    except msgspec.ValidationError:
+        raise
+    except msgspec.DecodeError:
+        readable = lone_surrogates_replaced(payload)
+        if readable is None:
+            raise
+    return decode(readable)
+
 
 def decode_or_reject(decoder: msgspec.json.Decoder[T], payload: bytes | msgspec.Raw, what: str) -> T:
     """Decode with a typed decoder; broken JSON is a 400, JSON of the wrong shape a 422.
@@ -39,7 +81,7 @@ def decode_or_reject(decoder: msgspec.json.Decoder[T], payload: bytes | msgspec.
     never the offending value, so they are safe to hand back to the caller.
     """
     try:
-        return decoder.decode(payload)
+        return _decode(decoder.decode, payload)
     except msgspec.ValidationError as exc:  # subclass of DecodeError: must come first
         raise WebhookRejected(f"{what} has an unexpected shape: {exc}", status_code=422) from exc
     except UNREADABLE_JSON as exc:
@@ -57,9 +99,17 @@ def decode_untyped(payload: bytes | msgspec.Raw) -> Any:
     nesting) can still fail here: the same 400 as any unreadable body.
     """
     try:
-        return msgspec.json.decode(payload)
+        return _decode(msgspec.json.decode, payload)
     except UNREADABLE_JSON as exc:
         raise WebhookRejected(f"webhook body is not valid JSON: {exc}", status_code=400) from exc
+
+
+def decode_or_none(decoder: msgspec.json.Decoder[T], payload: bytes | msgspec.Raw) -> T | None:
+    """Decode, or None for anything unreadable or of the wrong shape (a body read only for one field)."""
+    try:
+        return _decode(decoder.decode, payload)
+    except UNREADABLE_JSON:
+        return None
 
 
 def utc_from_epoch(value: int | float | str | None, what: str = "timestamp") -> datetime | None:

@@ -255,7 +255,7 @@ class Connection:
             except msgspec.ValidationError as exc:
                 self.send_frame(Error(code="invalid_frame", detail=str(exc)))
                 continue
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # nested past the recursion limit (issue 12)
                 self.send_frame(Error(code="invalid_frame", detail="not valid JSON"))
                 continue
             if isinstance(frame, Ping):

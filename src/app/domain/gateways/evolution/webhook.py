@@ -40,7 +40,7 @@ from app.domain.gateways.evolution.schemas import (
     webhook_decoder,
 )
 from app.domain.gateways.webhook_helpers import (
-    UNREADABLE_JSON,
+    decode_or_none,
     decode_or_reject,
     decode_untyped,
     presented_secrets,
@@ -110,10 +110,8 @@ def canonical_event(name: str) -> str:
 def _body_apikey(body: bytes | bytearray) -> str | None:
     # Reads nothing but `apikey`: a body that is not an object, or not readable JSON at all (bad UTF-8,
     # nesting past the recursion limit), simply has none, so verification answers 401 rather than 500.
-    try:
-        return apikey_decoder.decode(body).apikey
-    except UNREADABLE_JSON:
-        return None
+    found = decode_or_none(apikey_decoder, body)
+    return found.apikey if found is not None else None
 
 
 def _messages(webhook: EvolutionWebhook, event: str) -> list[GatewayEvent]:
