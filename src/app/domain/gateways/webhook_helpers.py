@@ -22,6 +22,9 @@ import msgspec
 from app.domain.gateways.base import WebhookHead, WebhookRejected, WebhookUnauthorized
 
 T = TypeVar("T")
+# What the decoders take: a body (a bytearray while it is still unverified, app.domain.gateways.webhook_body)
+# or a Raw slice of one.
+JsonPayload = bytes | bytearray | msgspec.Raw
 
 # Epoch numbers above this are milliseconds: 1e11 seconds is the year 5138, 1e11 milliseconds is 1973.
 _MILLISECONDS_FROM = 100_000_000_000
@@ -51,7 +54,7 @@ def _replace_lone(match: re.Match[bytes]) -> bytes:
     return _REPLACEMENT_ESCAPE if len(token) == _LONE_SURROGATE_LENGTH else token
 
 
-def lone_surrogates_replaced(payload: bytes | msgspec.Raw) -> bytes | None:
+def lone_surrogates_replaced(payload: JsonPayload) -> bytes | None:
     """The JSON with each lone surrogate escape turned into U+FFFD (as ingest does with NUL, which
     Postgres refuses), or None when it has none. The message then lands with U+FFFD where its gateway's
     client had half a character, instead of being lost whole."""
@@ -60,7 +63,7 @@ def lone_surrogates_replaced(payload: bytes | msgspec.Raw) -> bytes | None:
     return replaced if replaced != data else None
 
 
-def _decode(decode: Callable[[bytes | msgspec.Raw], T], payload: bytes | msgspec.Raw) -> T:
+def _decode(decode: Callable[[JsonPayload], T], payload: JsonPayload) -> T:
     """`decode(payload)`, again over `lone_surrogates_replaced(payload)` if msgspec refused the JSON itself
     (never for the wrong shape): nothing is scanned or copied on the common path."""
     try:
@@ -74,7 +77,7 @@ def _decode(decode: Callable[[bytes | msgspec.Raw], T], payload: bytes | msgspec
     return decode(readable)
 
 
-def decode_or_reject(decoder: msgspec.json.Decoder[T], payload: bytes | msgspec.Raw, what: str) -> T:
+def decode_or_reject(decoder: msgspec.json.Decoder[T], payload: JsonPayload, what: str) -> T:
     """Decode with a typed decoder; broken JSON is a 400, JSON of the wrong shape a 422.
 
     For the schemas here (no enums or literals) msgspec's messages name the path and the expected type,
@@ -92,7 +95,7 @@ def wrong_shape(detail: str) -> WebhookRejected:
     return WebhookRejected(detail, status_code=422)
 
 
-def decode_untyped(payload: bytes | msgspec.Raw) -> Any:
+def decode_untyped(payload: JsonPayload) -> Any:
     """The same JSON as plain dicts and lists, for the `raw` column (called after a typed decode passed).
 
     A typed decode skips unknown fields without building them, so junk it never looked at (bad UTF-8, deep
@@ -104,7 +107,7 @@ def decode_untyped(payload: bytes | msgspec.Raw) -> Any:
         raise WebhookRejected(f"webhook body is not valid JSON: {exc}", status_code=400) from exc
 
 
-def decode_or_none(decoder: msgspec.json.Decoder[T], payload: bytes | msgspec.Raw) -> T | None:
+def decode_or_none(decoder: msgspec.json.Decoder[T], payload: JsonPayload) -> T | None:
     """Decode, or None for anything unreadable or of the wrong shape (a body read only for one field)."""
     try:
         return _decode(decoder.decode, payload)
