@@ -87,7 +87,9 @@ class AuthSettings:
     # the right password too, until the window closes (accounts/throttle.py says what that costs).
     login_failures_per_account: int = 10
     login_account_window_s: int = 900
-    # Password checks at once per process (the rest wait their turn). 0: DB_POOL_SIZE // 4, between 1 and 4.
+    # Password checks at once per process (the rest wait their turn). 0: half the CPUs this process may use,
+    # between 1 and 4 — scrypt is CPU-bound, and the event loop that acks webhooks needs a core of its own
+    # (issue 12: on 2 cores, 4 concurrent checks during a login flood pushed webhook acks to ~300 ms).
     login_concurrency: int = 0
     # Failed webhook verifications (wrong/missing secret or signature, unknown instance) per client address;
     # above it the address gets 429 on webhook routes until its minute passes. Verified traffic never counts.
@@ -97,8 +99,10 @@ class AuthSettings:
     # How often each API process re-reads agent_revocations, in case a NOTIFY was missed.
     revocation_check_s: float = 30.0
 
-    def login_slots(self, pool_size: int) -> int:
-        return self.login_concurrency if self.login_concurrency > 0 else max(1, min(4, pool_size // 4))
+    def login_slots(self) -> int:
+        if self.login_concurrency > 0:
+            return self.login_concurrency
+        return max(1, min(4, len(os.sched_getaffinity(0)) // 2))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import secrets
 import statistics
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -66,17 +67,25 @@ async def deliver_over(
     return await asyncio.gather(*(one(i) for i in range(count)))
 
 
-async def raw_post(address: str, port: int, path: str, body: bytes) -> int:
-    """One POST on a connection of its own, written by hand: a flood of 600 through httpx would cost the test
-    process seconds of CPU, and the webhooks' acks are timed on the same loop."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
-    try:
-        head = f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-        writer.write(f"{head}content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
-        status_line = await asyncio.wait_for(reader.readline(), 30)
-        return int(status_line.split()[1])
-    finally:
-        writer.close()
+async def flood_from_another_process(
+    port: int, address: str, path: str, count: int, template: str
+) -> Counter[int]:
+    """`count` concurrent POSTs from `address`, sent by `tests.security.flooder` in a process of its own, so
+    this process's loop (which times the webhooks' acks) is not the one opening 600 connections."""
+    flooder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.security.flooder",
+        str(port),
+        address,
+        path,
+        str(count),
+        template,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(flooder.communicate(), 60)
+    assert flooder.returncode == 0
+    return Counter({int(status): n for status, n in json.loads(out).items()})
 
 
 def ack_figures(acks: list[tuple[int, float]]) -> str:
@@ -103,13 +112,12 @@ async def test_login_flood_does_not_starve_ingest(
     with api_processes(1, env) as [api]:
         async with client_at("127.0.0.41") as gateway:
 
-            async def guess(i: int) -> int:
-                body = json.dumps({"email": tenant.agent.email, "password": f"guess {i}"}).encode()
-                return await raw_post("127.0.0.40", api.port, "/api/auth/login", body)
-
             async def flood_all() -> Counter[int]:
                 await asyncio.sleep(0.5)  # a few webhooks first, the rest while the flood lands
-                return Counter(await asyncio.gather(*(guess(i) for i in range(flood))))
+                template = json.dumps({"email": tenant.agent.email, "password": "guess {i}"})
+                return await flood_from_another_process(
+                    api.port, "127.0.0.40", "/api/auth/login", flood, template
+                )
 
             logins, acks = await asyncio.gather(
                 flood_all(), deliver_over(gateway, api.base_url, wpp, webhooks, 4.0, "FLOOD")

@@ -32,7 +32,7 @@ def problem(status_code: int, detail: str | None = None, **extra: Any) -> Proble
     )
 
 
-def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
+def problem_from_http_exception(exc: HTTPException) -> ProblemDetailsException:
     extra: dict[str, Any] = {}
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra
@@ -105,7 +105,7 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
 problem_details_config = ProblemDetailsConfig(
     enable_for_all_http_exceptions=True,
     exception_to_problem_detail_map={
-        HTTPException: _from_http_exception,
+        HTTPException: problem_from_http_exception,
         NotFoundError: _from_not_found,
         WebhookRejected: _from_webhook_rejected,
         WebhookUnauthorized: _from_webhook_unauthorized,

@@ -13,6 +13,14 @@ with the subject's first event and lasts `window_s`; Retry-After says when it cl
   still in flight (not by failures) waits for them to settle instead of being refused: a verified gateway's
   burst wider than the budget is delayed by milliseconds, never refused.
 
+Every process also counts `count` events locally (`LocalWindows`): the budget's count in Redis is at least
+this process's own, so once this process alone has seen more than the budget in a window the event is
+refused without asking Redis — a flood of 600 concurrent logins from one address costs 600 local
+increments and ~budget Redis calls, not 600 round trips whose answers queue on the event loop in front of
+the webhooks sharing it (issue 12, finding 1). A refusal Redis gave is remembered the same way until its
+window closes. A local window opens with this process's first event of the subject, so it can close up to
+one window after Redis's: it refuses only what some window of `window_s` really saw too many of.
+
 Fails open: with Redis down or frozen nothing is refused, so agents log in and gateways deliver while Redis
 recovers; `app.lib.throttle_calls` decides when Redis is down, timing Redis rather than this process.
 
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +91,44 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return connection.client.host if connection.client else "unknown"
 
 
+class LocalWindows:
+    """This process's own count of events per subject and window, and the refusals Redis gave, bounded to
+    the `max_subjects` most recently seen (forgetting one only costs a Redis call)."""
+
+    def __init__(self, window_s: int, max_subjects: int = 10_000) -> None:
+        self._window_s = window_s
+        self._max = max_subjects
+        self._windows: OrderedDict[str, list[float]] = OrderedDict()  # subject -> [closes_at, count]
+
+    def bump(self, subject: str, now: float) -> Window:
+        """Count one event; the subject's local window after it."""
+        window = self._windows.get(subject)
+        if window is None or window[0] <= now:
+            window = [now + self._window_s, 0.0]
+            self._windows[subject] = window
+            if len(self._windows) > self._max:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end(subject)
+        window[1] += 1
+        return Window(count=int(window[1]), resets_in_s=max(int(window[0] - now), 0))
+
+    def over(self, subject: str, now: float, budget: int) -> Window | None:
+        """The subject's window if this process has already counted more than `budget` in it (nothing is
+        counted: the event at hand is refused anyway)."""
+        window = self._windows.get(subject)
+        if window is None or window[0] <= now or window[1] <= budget:
+            return None
+        return Window(count=int(window[1]), resets_in_s=max(int(window[0] - now), 1))
+
+    def refuse_until(self, subject: str, closes_at: float, count: int) -> None:
+        """Remember a refusal Redis gave until the window it counted closes."""
+        window = self._windows.get(subject)
+        if window is not None:
+            window[0] = max(window[0], closes_at)
+            window[1] = max(window[1], float(count))
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     count: int  # events (or failures) counted in the subject's current window
@@ -118,18 +165,30 @@ class ClientThrottle:
         self.per_window = per_window
         self._window_s = window_s
         self._refusal = refusal  # the 429's detail
+        self._local = LocalWindows(window_s)
 
     def _key(self, subject: str) -> str:
         return f"{self._root}:{subject}"
 
     async def count(self, subject: str) -> Window | None:
         """Count one event of `subject`; None when Redis cannot answer (fail open)."""
+        now = time.monotonic()
+        local = self._local.bump(subject, now)
+        if local.count > self.per_window:
+            return local  # over the budget in this process alone, so in Redis too (module docstring)
         key = self._key(subject)
         answer = await self._calls.run(lambda: self._count(keys=[key], args=[self._window_s]), self._root)
         if answer is None:
             return None
-        count, ttl = answer
-        return Window(count=int(count), resets_in_s=max(int(ttl), 0))  # TTL -2: the key is gone
+        count, ttl = int(answer[0]), max(int(answer[1]), 0)  # TTL -2: the key is gone
+        if count > self.per_window:
+            self._local.refuse_until(subject, now + ttl, count)
+        return Window(count=count, resets_in_s=ttl)
+
+    def already_refused(self, subject: str) -> Window | None:
+        """Without Redis and without counting: the subject's window when this process knows it is over the
+        budget (`app.server.shedding` answers such requests before the framework sees them)."""
+        return self._local.over(subject, time.monotonic(), self.per_window)
 
     def refuse_if_over(self, window: Window | None) -> None:
         """After `count`: refuse the event that went past the budget (and every one after it)."""

@@ -57,6 +57,7 @@ from app.lib.openapi import document_api
 from app.lib.redaction import redact_server_logs
 from app.lib.throttle_calls import ThrottleCalls
 from app.server.fastpath import CachedPageFastPath
+from app.server.shedding import RefusedLoginShedding
 from app.server.signals import close_sockets_on_sigterm
 
 log = structlog.get_logger()
@@ -113,11 +114,13 @@ def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
 
 
 def create_asgi(settings: Settings | None = None) -> CachedPageFastPath:
-    """The app uvicorn serves: Litestar behind the fast path for pages already in this process's memory."""
+    """The app uvicorn serves: Litestar behind the fast path for pages already in this process's memory and
+    the door that sheds logins from addresses already over their budget."""
     app = create_app(settings)
     state = app.state
     assert app.cors_config is not None
-    return CachedPageFastPath(app, state.page_cache, state.verified_tokens, app.cors_config)
+    shedding = RefusedLoginShedding(app, state.login_throttle, app.cors_config)
+    return CachedPageFastPath(shedding, state.page_cache, state.verified_tokens, app.cors_config)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -193,7 +196,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         settings.auth.login_failures_per_account,
         settings.auth.login_account_window_s,
     )
-    login_slots = LoginSlots(settings.auth.login_slots(settings.db.pool_size))
+    login_slots = LoginSlots(settings.auth.login_slots())
     webhooks = Router(
         path="/",
         route_handlers=[WebhookController],

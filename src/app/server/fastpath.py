@@ -107,24 +107,24 @@ class CachedPageFastPath:
         ]
         origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
         if origin is not None:
-            headers += self._cors_headers(origin.decode("latin-1"), has_cookie=_has(scope, b"cookie"))
+            headers += simple_cors_headers(self.cors, origin.decode("latin-1"), has_header(scope, b"cookie"))
         self.served += 1
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": page})
 
-    def _cors_headers(self, origin: str, *, has_cookie: bool) -> list[tuple[bytes, bytes]]:
-        # As litestar.middleware._internal.cors.CORSMiddleware.send_wrapper does for a simple request.
-        cors = self.cors
-        headers: dict[str, str] = dict(cors.simple_headers)
-        if (cors.is_allow_all_origins and has_cookie) or (
-            not cors.is_allow_all_origins and cors.is_origin_allowed(origin=origin)
-        ):
-            headers["Access-Control-Allow-Origin"] = origin
-            headers["Vary"] = "Origin"
-        headers["Access-Control-Allow-Headers"] = ", ".join(sorted(set(cors.allow_headers)))
-        headers["Access-Control-Allow-Methods"] = ", ".join(sorted(set(cors.allow_methods)))
-        return [(name.lower().encode(), value.encode("latin-1")) for name, value in headers.items()]
+
+def simple_cors_headers(cors: CORSConfig, origin: str, has_cookie: bool) -> list[tuple[bytes, bytes]]:
+    """As litestar.middleware._internal.cors.CORSMiddleware.send_wrapper does for a simple request."""
+    headers: dict[str, str] = dict(cors.simple_headers)
+    if (cors.is_allow_all_origins and has_cookie) or (
+        not cors.is_allow_all_origins and cors.is_origin_allowed(origin=origin)
+    ):
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Vary"] = "Origin"
+    headers["Access-Control-Allow-Headers"] = ", ".join(sorted(set(cors.allow_headers)))
+    headers["Access-Control-Allow-Methods"] = ", ".join(sorted(set(cors.allow_methods)))
+    return [(name.lower().encode(), value.encode("latin-1")) for name, value in headers.items()]
 
 
-def _has(scope: Scope, header: bytes) -> bool:
+def has_header(scope: Scope, header: bytes) -> bool:
     return any(name == header for name, _ in scope["headers"])

@@ -1,5 +1,5 @@
 """Logins get a bounded share of the process (issue 12, finding 1b): at most LOGIN_CONCURRENCY password
-checks at once per process (default: a quarter of DB_POOL_SIZE, at most 4), the others wait their turn.
+checks at once per process (default: half the CPUs it may use, 1 to 4), the others wait their turn.
 
 A password check is one short read (its connection goes back to the pool before hashing) and one scrypt in
 a worker thread (16 MiB and tens of milliseconds of CPU). Unbounded, a login flood from many addresses would

@@ -19,6 +19,7 @@ import hashlib
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.exceptions import TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 from redis.asyncio import Redis
 
@@ -54,6 +55,12 @@ class LoginThrottle:
 
     async def check(self, client: str) -> None:
         self._addresses.refuse_if_over(await self._addresses.count(client))
+
+    def refused_locally(self, client: str) -> TooManyRequestsException | None:
+        """The 429 for an address this process already knows is over its budget, else None (nothing is
+        counted or asked of Redis; `app.server.shedding`)."""
+        window = self._addresses.already_refused(client)
+        return self._addresses.refused(window.resets_in_s) if window is not None else None
 
     async def reserve_account(self, email: str) -> Reservation:
         """A slot of the account's failure budget; settle it with the attempt's outcome."""
