@@ -10,7 +10,13 @@ changed. uvicorn buffers a whole message before the app sees it, 16 MiB by defau
 commands of at most WS_MAX_FRAME_BYTES, so it buffers that plus a margin: a frame a little too big still
 gets the app's `frame_too_large` answer on a socket that stays open, a bigger one closes it with 1009.
 
-The benchmarks start uvicorn with `cli_args()`, the same options on its command line.
+HTTP is uvicorn's httptools protocol with a request head timeout, body timeouts and a cap on open
+connections (app.server.http_protocol, issue 12); its limits come from the environment (HTTP_*), so
+`http_options()` only names the class. The soft file limit is raised to the hard one first: the default
+connection cap derives from it.
+
+The benchmarks start uvicorn with `cli_args()`, the same options on its command line; the test process rig
+passes `http_cli_args()`.
 """
 
 from __future__ import annotations
@@ -20,8 +26,18 @@ import os
 import uvicorn
 
 from app.config import RealtimeSettings, get_settings
+from app.server.http_protocol import raise_open_files_limit
 
 FRAME_MARGIN_BYTES = 64 * 1024
+HTTP_PROTOCOL = "app.server.http_protocol:GuardedHttpToolsProtocol"
+
+
+def http_options() -> dict[str, object]:
+    return {"http": HTTP_PROTOCOL}
+
+
+def http_cli_args() -> list[str]:
+    return ["--http", HTTP_PROTOCOL]
 
 
 def websocket_options(realtime: RealtimeSettings) -> dict[str, object]:
@@ -35,8 +51,8 @@ def websocket_options(realtime: RealtimeSettings) -> dict[str, object]:
 
 
 def cli_args(realtime: RealtimeSettings) -> list[str]:
-    """`websocket_options` as `uvicorn` command-line arguments."""
-    args = []
+    """`websocket_options` and `http_options` as `uvicorn` command-line arguments."""
+    args = http_cli_args()
     for name, value in websocket_options(realtime).items():
         args += [f"--{name.replace('_', '-')}", str(value)]
     return args
@@ -44,6 +60,7 @@ def cli_args(realtime: RealtimeSettings) -> list[str]:
 
 def main() -> None:
     settings = get_settings()
+    raise_open_files_limit()
     uvicorn.run(
         "app.asgi:app",
         host=os.environ.get("HOST", "127.0.0.1"),
@@ -53,6 +70,7 @@ def main() -> None:
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         access_log=os.environ.get("ACCESS_LOG", "1") == "1",
+        **http_options(),  # type: ignore[arg-type]
         **websocket_options(settings.realtime),  # type: ignore[arg-type]
     )
 
