@@ -24,7 +24,7 @@ from typing import IO, Any
 import httpx
 
 from app.config import Settings
-from app.server.run import proxy_cli_args
+from app.server.run import http_cli_args, proxy_cli_args
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
@@ -74,6 +74,12 @@ def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
         WS_FRAMES_PER_SECOND=str(rt.frames_per_second),
         WS_CATCH_UP_SECONDS=str(rt.catch_up_interval_s),
         WS_REPLAY_CONCURRENCY=str(rt.replay_concurrency),
+        WS_REPLAY_CONCURRENCY_PER_AGENT=str(rt.replay_concurrency_per_agent),
+        WS_MAX_SOCKETS_PER_AGENT=str(rt.max_sockets_per_agent),
+        HTTP_HEADER_TIMEOUT_SECONDS=str(settings.http.header_timeout_s),
+        HTTP_BODY_IDLE_TIMEOUT_SECONDS=str(settings.http.body_idle_timeout_s),
+        HTTP_BODY_TIMEOUT_SECONDS=str(settings.http.body_timeout_s),
+        HTTP_MAX_CONNECTIONS=str(settings.http.max_connections),
         CACHE_MEMORY_MAX_BYTES=str(settings.cache.memory_max_bytes),
         CACHE_MEMORY_TTL_SECONDS=str(settings.cache.memory_ttl_s),
         CACHE_REDIS_TTL_SECONDS=str(settings.cache.redis_ttl_s),
@@ -131,7 +137,8 @@ class ApiProcess:
         else:
             args = f"--host 127.0.0.1 --port {self.port} --no-access-log --timeout-graceful-shutdown 5"
             cmd = [sys.executable, "-m", "uvicorn", "app.asgi:app", *args.split()]
-            cmd += [*proxy_cli_args(env.get("FORWARDED_ALLOW_IPS")), *self._extra_args]  # as app.server.run
+            # The production server's HTTP protocol (head/body timeouts, connection cap), as `just serve`.
+            cmd += [*http_cli_args(), *proxy_cli_args(env.get("FORWARDED_ALLOW_IPS")), *self._extra_args]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 cmd,

@@ -116,9 +116,34 @@ class RealtimeSettings:
     # Replay / gap-fill / subscribe reads running at once per process (the rest wait their turn), so a
     # reconnect storm cannot take the pool from ingest. 0: a quarter of the pool (DB_POOL_SIZE // 4, >= 1).
     replay_concurrency: int = 0
+    # Of those, at most this many for one agent at a time (its other reads wait for its own turn, not in
+    # the shared line), so one agent's subscribe flood cannot delay another's (issue 12). 0: half of the
+    # process-wide limit, at least 1.
+    replay_concurrency_per_agent: int = 0
+    # Open sockets one agent may hold on one API process (a browser agent has a few tabs); the next is
+    # closed with 4429.
+    max_sockets_per_agent: int = 20
 
     def replay_reads(self, pool_size: int) -> int:
         return self.replay_concurrency if self.replay_concurrency > 0 else max(1, pool_size // 4)
+
+    def replay_reads_per_agent(self, pool_size: int) -> int:
+        total = self.replay_reads(pool_size)
+        share = self.replay_concurrency_per_agent or max(1, total // 2)
+        return max(1, min(share, total))
+
+
+@dataclass(frozen=True)
+class HttpServerSettings:
+    """What the API's HTTP protocol (app.server.http_protocol) allows a client connection (issue 12)."""
+
+    # From a connection's start, or a kept-alive request's first byte, to the end of the request head.
+    header_timeout_s: float = 10.0
+    body_idle_timeout_s: float = 20.0  # longest silence while a request body is arriving
+    body_timeout_s: float = 120.0  # a whole request body (24 MiB at 200 KB/s)
+    # Open connections (HTTP and WebSocket) per process; the next ones get 503 at once. 0: derived from the
+    # file descriptor limit (RLIMIT_NOFILE), leaving room for the pools, logs and files.
+    max_connections: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,6 +210,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     workers: WorkersSettings = field(default_factory=WorkersSettings)
+    http: HttpServerSettings = field(default_factory=HttpServerSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -214,6 +240,22 @@ class Settings:
                     _env("WS_CATCH_UP_SECONDS") or RealtimeSettings.catch_up_interval_s
                 ),
                 replay_concurrency=_env_int("WS_REPLAY_CONCURRENCY", RealtimeSettings.replay_concurrency),
+                replay_concurrency_per_agent=_env_int(
+                    "WS_REPLAY_CONCURRENCY_PER_AGENT", RealtimeSettings.replay_concurrency_per_agent
+                ),
+                max_sockets_per_agent=_env_int(
+                    "WS_MAX_SOCKETS_PER_AGENT", RealtimeSettings.max_sockets_per_agent
+                ),
+            ),
+            http=HttpServerSettings(
+                header_timeout_s=float(
+                    _env("HTTP_HEADER_TIMEOUT_SECONDS") or HttpServerSettings.header_timeout_s
+                ),
+                body_idle_timeout_s=float(
+                    _env("HTTP_BODY_IDLE_TIMEOUT_SECONDS") or HttpServerSettings.body_idle_timeout_s
+                ),
+                body_timeout_s=float(_env("HTTP_BODY_TIMEOUT_SECONDS") or HttpServerSettings.body_timeout_s),
+                max_connections=_env_int("HTTP_MAX_CONNECTIONS", HttpServerSettings.max_connections),
             ),
             cache=CacheSettings(
                 memory_max_bytes=_env_int("CACHE_MEMORY_MAX_BYTES", CacheSettings.memory_max_bytes),

@@ -234,7 +234,9 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
         tenants = [await create_tenant(session) for _ in range(args.orgs or args.rooms)]
     await engine.dispose()
     scenario = Scenario(args, settings, tenants)
-    env = env_for(settings)  # DB pool 20 + 10 overflow per process, as in _settings
+    # DB pool 20 + 10 overflow per process, as in _settings. The simulated agents of an organisation share
+    # its token, so the per-agent socket cap is lifted.
+    env = env_for(settings, WS_MAX_SOCKETS_PER_AGENT=str(10**6))
 
     api = _recorder(args)
     with api_processes(2, env, extra_args=UVICORN_ARGS) as procs:

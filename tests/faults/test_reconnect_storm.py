@@ -95,7 +95,9 @@ async def test_a_thousand_sockets_dropped_at_once_all_catch_up_without_duplicate
     started = time.monotonic()
     sockets = TENANTS * CONVERSATIONS_PER_TENANT * SOCKETS_PER_CONVERSATION
     _enough_files(2 * sockets + 1000)
-    with api_processes(1, env_for(settings, WS_CATCH_UP_SECONDS="1")) as (api,):
+    # 100 sockets share each organisation's token here (20 per conversation): above the per-agent cap.
+    env = env_for(settings, WS_CATCH_UP_SECONDS="1", WS_MAX_SOCKETS_PER_AGENT=str(sockets))
+    with api_processes(1, env) as (api,):
         tenants: list[Tenant] = [await create_tenant(session) for _ in range(TENANTS)]
         instances = [t.instance(GATEWAY) for t in tenants]
         chats = [[f"5541{t:02d}{c:06d}" for c in range(CONVERSATIONS_PER_TENANT)] for t in range(TENANTS)]
@@ -275,7 +277,15 @@ async def test_a_storm_of_held_replays_waits_its_turn_and_every_webhook_still_co
     With it, exactly `replay_reads` replays hold a connection and wait on the lock, the others wait in
     line in the process, and webhooks posted meanwhile are answered 200 on their first attempt. When the
     lock goes, every socket gets every message once and in order, those posted during the storm too."""
-    env = env_for(settings, DB_POOL_SIZE="4", DB_MAX_OVERFLOW="0", WS_REPLAY_CONCURRENCY=str(replay_reads))
+    # One agent's 24 sockets: the per-agent socket cap and share of the reads are lifted to the process's.
+    env = env_for(
+        settings,
+        DB_POOL_SIZE="4",
+        DB_MAX_OVERFLOW="0",
+        WS_REPLAY_CONCURRENCY=str(replay_reads),
+        WS_REPLAY_CONCURRENCY_PER_AGENT=str(replay_reads),
+        WS_MAX_SOCKETS_PER_AGENT="24",
+    )
     with api_processes(1, env) as (api,):
         tenant = await create_tenant(session)
         instance = tenant.instance(GATEWAY)

@@ -41,6 +41,15 @@ INGEST_SECONDS = Histogram(
 CACHE_LOOKUPS = Counter("crm_cache_lookups_total", "Read cache lookups", ["layer", "result"])
 WS_FRAMES = Counter("crm_websocket_frames_sent_total", "Frames written to WebSockets")
 WS_CONNECTIONS = Gauge("crm_websocket_connections", "Open WebSockets", multiprocess_mode="livesum")
+HTTP_SLOW_CLIENTS = Counter(
+    "crm_http_slow_clients_total", "Connections closed for a request head or body too slow", ["phase"]
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "crm_http_connections_refused_total", "Connections refused at HTTP_MAX_CONNECTIONS (503)"
+)
+WS_SOCKETS_REFUSED = Counter(
+    "crm_websocket_refused_total", "WebSockets refused for being over WS_MAX_SOCKETS_PER_AGENT (4429)"
+)
 JOBS = Counter("crm_jobs_total", "Worker jobs finished", ["function", "outcome"])
 
 MEMORY_HIT = CACHE_LOOKUPS.labels("memory", "hit")

@@ -150,7 +150,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     hub = Hub(
         settings.redis.url,
         prefix,
-        History(sessions, settings.realtime.replay_reads(settings.db.pool_size)),
+        History(
+            sessions,
+            settings.realtime.replay_reads(settings.db.pool_size),
+            settings.realtime.replay_reads_per_agent(settings.db.pool_size),
+        ),
         settings.realtime,
         cache=page_cache,
     )

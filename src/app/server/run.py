@@ -15,7 +15,13 @@ client's address, and with uvicorn's own default (trust 127.0.0.1) anything on t
 appends rather than replaces X-Forwarded-For, could give every request an address, and a budget, of its
 own. Behind a reverse proxy set FORWARDED_ALLOW_IPS to the proxy's address(es).
 
-The benchmarks and the test rig start uvicorn with `cli_args()`, the same options on its command line.
+HTTP is uvicorn's httptools protocol with a request head timeout, body timeouts and a cap on open
+connections (app.server.http_protocol, issue 12); its limits come from the environment (HTTP_*), so
+`http_options()` only names the class. The soft file limit is raised to the hard one first: the default
+connection cap derives from it.
+
+The benchmarks start uvicorn with `cli_args()`, the same options on its command line; the test process rig
+passes `http_cli_args()` and `proxy_cli_args()`.
 """
 
 from __future__ import annotations
@@ -25,8 +31,18 @@ import os
 import uvicorn
 
 from app.config import RealtimeSettings, get_settings
+from app.server.http_protocol import raise_open_files_limit
 
 FRAME_MARGIN_BYTES = 64 * 1024
+HTTP_PROTOCOL = "app.server.http_protocol:GuardedHttpToolsProtocol"
+
+
+def http_options() -> dict[str, object]:
+    return {"http": HTTP_PROTOCOL}
+
+
+def http_cli_args() -> list[str]:
+    return ["--http", HTTP_PROTOCOL]
 
 
 def websocket_options(realtime: RealtimeSettings) -> dict[str, object]:
@@ -47,8 +63,8 @@ def proxy_options(forwarded_allow_ips: str | None) -> dict[str, object]:
 
 
 def cli_args(realtime: RealtimeSettings, forwarded_allow_ips: str | None = None) -> list[str]:
-    """`websocket_options` and `proxy_options` as `uvicorn` command-line arguments."""
-    args = []
+    """`http_options`, `websocket_options` and `proxy_options` as `uvicorn` command-line arguments."""
+    args = http_cli_args()
     for name, value in websocket_options(realtime).items():
         args += [f"--{name.replace('_', '-')}", str(value)]
     return args + proxy_cli_args(forwarded_allow_ips)
@@ -63,6 +79,7 @@ def proxy_cli_args(forwarded_allow_ips: str | None) -> list[str]:
 
 def main() -> None:
     settings = get_settings()
+    raise_open_files_limit()
     uvicorn.run(
         "app.asgi:app",
         host=os.environ.get("HOST", "127.0.0.1"),
@@ -70,6 +87,7 @@ def main() -> None:
         workers=int(os.environ.get("WEB_CONCURRENCY", "1")),
         timeout_graceful_shutdown=int(os.environ.get("GRACEFUL_SHUTDOWN_SECONDS", "20")),
         access_log=os.environ.get("ACCESS_LOG", "1") == "1",
+        **http_options(),  # type: ignore[arg-type]
         **proxy_options(os.environ.get("FORWARDED_ALLOW_IPS")),  # type: ignore[arg-type]
         **websocket_options(settings.realtime),  # type: ignore[arg-type]
     )

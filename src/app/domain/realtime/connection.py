@@ -55,6 +55,7 @@ CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_MANY_SOCKETS = 4429  # the agent already holds WS_MAX_SOCKETS_PER_AGENT sockets on this process
 
 
 @dataclass(slots=True)
@@ -270,7 +271,7 @@ class Connection:
             self.send_frame(Error(code="invalid_frame", detail="after_seq must be >= 0"))
             return
         try:
-            last_seq = await self.history.room_last_seq(self.org_id, conversation_id)
+            last_seq = await self.history.room_last_seq(self.org_id, conversation_id, self.agent.id)
         except Exception as exc:  # database unavailable: the socket stays up, the client may retry
             log.warning("websocket subscribe failed", connection_id=self.id, error=type(exc).__name__)
             self.send_frame(Error(code="unavailable", detail="could not subscribe now; try again"))
@@ -324,7 +325,7 @@ class Connection:
         try:
             while True:
                 page = await self.history.messages_after(
-                    conversation_id, cursor.delivered, self.settings.replay_page
+                    conversation_id, cursor.delivered, self.settings.replay_page, self.agent.id
                 )
                 for message in page:
                     if self.rooms.get(conversation_id) is not cursor or self.closing is not None:

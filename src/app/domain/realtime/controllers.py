@@ -2,6 +2,9 @@
 
 Browsers cannot set headers on a WebSocket, hence the query parameter. The seed's `?userId=` named a user
 without proving anything, so anyone could read anyone's inbox: it is refused.
+
+An agent holds at most WS_MAX_SOCKETS_PER_AGENT sockets on a process (a few tabs); the next one is closed
+with 4429 and logged (issue 12: 1,000 sockets were opened on one token in 3 s).
 """
 
 from __future__ import annotations
@@ -18,9 +21,15 @@ from litestar.exceptions import NotAuthorizedException
 from app.config import Settings
 from app.domain.accounts.auth import AgentRequest, CurrentAgent, VerifiedTokens, verify_token
 from app.domain.conversations.reads import PageReader
-from app.domain.realtime.connection import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, Connection
+from app.domain.realtime.connection import (
+    CLOSE_FORBIDDEN,
+    CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_UNAUTHORIZED,
+    Connection,
+)
 from app.domain.realtime.frames import CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES, Ready
 from app.domain.realtime.hub import Hub
+from app.lib import metrics
 
 log = structlog.get_logger()
 
@@ -65,7 +74,15 @@ async def realtime_socket(
         return
     agent, expires_at = authenticated
     connection = Connection(socket, agent, hub, hub.history, settings.realtime)
-    hub.register(connection)
+    if not hub.admit(connection):
+        metrics.WS_SOCKETS_REFUSED.inc()
+        log.warning(
+            "websocket refused: too many sockets for this agent",
+            user_id=str(agent.id),
+            limit=settings.realtime.max_sockets_per_agent,
+        )
+        await socket.close(code=CLOSE_TOO_MANY_SOCKETS, reason="too many sockets for this agent")
+        return
     started = time.monotonic()
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, expires_at - time.time()), connection.close_soon, CLOSE_UNAUTHORIZED, "token expired"

@@ -73,14 +73,23 @@ class Hub:
         self.cache = cache
         self._orgs: dict[UUID, set[Connection]] = {}
         self._rooms: dict[UUID, set[Connection]] = {}
+        self._per_agent: dict[UUID, int] = {}  # open sockets of each agent with one here
         self.counters = SocketCounters()
         self._check_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- membership -----------------------------------------------------------------------------
-    def register(self, connection: Connection) -> None:
+    def admit(self, connection: Connection) -> bool:
+        """Register the socket unless its agent already holds `max_sockets_per_agent` here (issue 12:
+        1,000 sockets were opened on one token in 3 s). No await between the count and the insert, so
+        sockets authenticating at the same moment cannot all slip under the cap."""
+        agent_id = connection.agent.id
+        if self._per_agent.get(agent_id, 0) >= self.settings.max_sockets_per_agent:
+            return False
+        self._per_agent[agent_id] = self._per_agent.get(agent_id, 0) + 1
         self._orgs.setdefault(connection.org_id, set()).add(connection)
         metrics.WS_CONNECTIONS.inc()
+        return True
 
     def unregister(self, connection: Connection) -> None:
         for conversation_id in list(connection.rooms):
@@ -91,6 +100,11 @@ class Hub:
             members.discard(connection)
             if not members:
                 del self._orgs[connection.org_id]
+            agent_id = connection.agent.id
+            if (left := self._per_agent.get(agent_id, 1) - 1) > 0:
+                self._per_agent[agent_id] = left
+            else:
+                self._per_agent.pop(agent_id, None)
 
     def join(self, connection: Connection, conversation_id: UUID) -> None:
         self._rooms.setdefault(conversation_id, set()).add(connection)
