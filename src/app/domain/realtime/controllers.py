@@ -35,6 +35,7 @@ from app.domain.realtime.connection import (
 )
 from app.domain.realtime.frames import CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES, Ready
 from app.domain.realtime.hub import Hub
+from app.lib.query_token import AmbiguousQueryToken, query_token
 
 log = structlog.get_logger()
 
@@ -48,7 +49,10 @@ async def _authenticate(
     socket: WebSocket, settings: Settings, tokens: VerifiedTokens
 ) -> tuple[CurrentAgent, float] | Refusal:
     """(agent, token expiry) or why and how to refuse."""
-    token = socket.query_params.get("token")
+    try:
+        token = query_token(socket.scope["query_string"])
+    except AmbiguousQueryToken:
+        return Refusal(CLOSE_UNAUTHORIZED, "pass the token once, as a plain ?token=")
     if not token:
         if "userId" in socket.query_params:
             return Refusal(CLOSE_UNAUTHORIZED, "userId is not accepted; pass the login token as ?token=")
