@@ -67,6 +67,7 @@ def test_log_records_are_redacted_in_message_arguments_and_traceback() -> None:
     logger = logging.getLogger("test_query_redaction")
     logger.addHandler(handler)
     logger.addFilter(RedactQueryTokens())
+    logger.propagate = False  # only this handler: not whatever another test left on the root logger
     try:
         logger.warning('%s - "WebSocket %s" [accepted]', "127.0.0.1:1", f"/ws?%74oken={SECRET}")
         logger.warning({"path": f"/ws?token={SECRET}"})
