@@ -48,6 +48,7 @@ class Reply:
     body: bytes = b""
     content_type: str = "application/json"
     delay: float = 0.0  # seconds to wait before answering
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers, sent as they are (raw bytes)
 
 
 Action = Reply | Callable[[RecordedRequest], Reply]
@@ -59,6 +60,13 @@ def status(code: int, body: Any = None) -> Reply:
         raw = body.encode() if isinstance(body, str) else body
         return Reply(code, raw, content_type="text/plain")
     return Reply(code, b"" if body is None else json.dumps(body).encode())
+
+
+def redirect(location: str | None, code: int = 302) -> Reply:
+    """A redirect to `location`, sent byte for byte as given (None: a redirect with no Location at all)."""
+    return Reply(
+        code, headers=() if location is None else (("Location", location),), content_type="text/plain"
+    )
 
 
 def hang(seconds: float) -> Reply:
@@ -224,6 +232,7 @@ def _encode(reply: Reply) -> bytes:
         f"HTTP/1.1 {reply.status} {reason}\r\n"
         f"Content-Type: {reply.content_type}\r\n"
         f"Content-Length: {len(reply.body)}\r\n"
-        "Connection: close\r\n\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
+        + "Connection: close\r\n\r\n"
     )
-    return head.encode() + reply.body
+    return head.encode("utf-8", "surrogateescape") + reply.body

@@ -2,6 +2,11 @@
 
 Secrets come only from the environment. With no DATABASE_URL / REDIS_URL the dev launcher
 (`app.lib.embedded`) starts embedded servers and exports their URLs before this module is read.
+
+JWT_SECRET may be missing (then generated once into DEV_STATE_DIR) or short only when APP_ENV is exactly
+`dev` or `test`, which the dev launchers and the test rig set; anything else — unset, `production`, a typo
+such as `prod` — refuses to start without a secret of at least 32 bytes (issue 12, finding 12: a typo used
+to accept a short secret or silently generate one).
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-DEV_STATE_DIR = Path(".dev")
+DEFAULT_DEV_STATE_DIR = ".dev"
+# The only environments that may run without a configured JWT secret of full length.
+LENIENT_ENVIRONMENTS = ("dev", "test")
+MIN_JWT_SECRET_BYTES = 32  # HS256's key: at least its 256 bits
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -44,16 +52,43 @@ def load_dotenv(path: Path = Path(".env")) -> None:
         os.environ.setdefault(key.strip(), value.strip().strip("'\""))
 
 
-def _dev_jwt_secret() -> str:
-    """A per-checkout random secret so `just dev` works without setup; never used in production."""
-    path = DEV_STATE_DIR / "jwt-secret"
-    if path.is_file():
-        return path.read_text().strip()
-    DEV_STATE_DIR.mkdir(exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    path.write_text(secret)
-    path.chmod(0o600)
-    return secret
+def dev_state_dir() -> Path:
+    """Where a dev run keeps its embedded servers' data and its JWT secret: DEV_STATE_DIR, else ./.dev."""
+    return Path(_env("DEV_STATE_DIR", DEFAULT_DEV_STATE_DIR) or DEFAULT_DEV_STATE_DIR)
+
+
+def _dev_jwt_secret(state_dir: Path) -> str:
+    """A per-state-dir random secret so `just dev` works without setup; never used outside dev/test.
+
+    Written to a temporary file and linked into place, so processes starting together (API, workers) all
+    end up with the one secret that won, never an empty or half-written file."""
+    path = state_dir / "jwt-secret"
+    if not path.is_file():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        draft = state_dir / f".jwt-secret.{os.getpid()}"
+        draft.write_text(secrets.token_urlsafe(48))
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process of this run was first: use its secret
+        except OSError:  # a filesystem without hard links
+            os.replace(draft, path)
+        finally:
+            draft.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def jwt_secret_for(environment: str, configured: str | None) -> str:
+    """The secret tokens are signed with; RuntimeError (naming the variable, never its value) if unfit."""
+    if environment in LENIENT_ENVIRONMENTS:
+        return configured if configured is not None else _dev_jwt_secret(dev_state_dir())
+    where = f"with APP_ENV={environment!r} (only 'dev' and 'test' may do without)"
+    if configured is None:
+        raise RuntimeError(f"JWT_SECRET must be set {where}")
+    if len(configured.encode()) < MIN_JWT_SECRET_BYTES:
+        raise RuntimeError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes {where}")
+    return configured
 
 
 @dataclass(frozen=True)
@@ -215,14 +250,9 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         load_dotenv()
-        environment = _env("APP_ENV", "dev") or "dev"
-        jwt_secret = _env("JWT_SECRET")
-        if jwt_secret is None:
-            if environment == "production":
-                raise RuntimeError("JWT_SECRET must be set in production")
-            jwt_secret = _dev_jwt_secret()
-        elif environment == "production" and len(jwt_secret) < 32:
-            raise RuntimeError("JWT_SECRET must be at least 32 characters")
+        # Unset counts as production: only an explicit dev or test relaxes anything.
+        environment = _env("APP_ENV", "production") or "production"
+        jwt_secret = jwt_secret_for(environment, _env("JWT_SECRET"))
         database_url = _env("DATABASE_URL")
         redis_url = _env("REDIS_URL")
         if database_url is None or redis_url is None:

@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from app.config import load_dotenv
-from app.lib.embedded import EmbeddedServiceError, describe, dev_services
+from app.config import dev_state_dir, load_dotenv
+from app.lib.embedded import EmbeddedServiceError, describe, dev_run_environment, dev_services
 
-DEFAULT_STATE_DIR = ".dev"
 STOP_TIMEOUT = 10.0
 
 
@@ -61,9 +60,10 @@ def _serve() -> None:
     def _request_stop(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
 
-    with dev_services(Path(os.environ.get("DEV_STATE_DIR", DEFAULT_STATE_DIR)), ephemeral=False) as urls:
-        env = {**os.environ, "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url}
-        state_dir = Path(os.environ.get("DEV_STATE_DIR", DEFAULT_STATE_DIR))
+    state_dir = dev_state_dir().resolve()
+    with dev_services(state_dir, ephemeral=False) as urls:
+        env = dev_run_environment(urls, state_dir, app_env="dev")
+        env["APP_ENV"] = env.get("APP_ENV") or "dev"  # a dev run by name, embedded servers or not
         env.setdefault("MEDIA_STORAGE_URL", (state_dir / "media").resolve().as_uri())
         print("\n".join(describe(urls)), flush=True)
         _migrate(env)

@@ -122,6 +122,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
         "DATABASE_URL": database_url,
         "LOG_LEVEL": "WARNING",
         "APP_ENV": "bench",
+        "JWT_SECRET": secrets.token_urlsafe(32),  # outside dev/test a full-length secret is required
         "DB_POOL_SIZE": str(args.senders),
         "DB_MAX_OVERFLOW": "4",
         # A run of its own in Redis, and the HTTP floor's 404s (unknown instance: failed verifications, on

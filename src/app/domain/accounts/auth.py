@@ -8,6 +8,10 @@ revocations.py). `VerifiedTokens` then remembers what it proved until the token 
 with it costs two dict lookups — the memory, and the revocations this process has heard, which refuse the
 token as soon as its agent is deactivated, demoted, moved, renamed, given a new password or deleted —
 instead of an HMAC and two base64/JSON decodes (a third of a cached GET's time otherwise).
+
+A token met for the first time while Postgres cannot be asked is answered 503 with Retry-After
+(TokenNotCheckable), not 401: it may be fine, and the client should retry rather than log the agent out
+(issue 12, finding 4).
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, ServiceUnavailableException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from app.config import AuthSettings, Settings
 from app.db.models import Agent, AgentRole
-from app.domain.accounts.revocations import TokenRevocations
+from app.domain.accounts.revocations import StandingUnavailable, TokenRevocations
 
 
 class CurrentAgent(msgspec.Struct, frozen=True):
@@ -44,6 +48,17 @@ class CurrentAgent(msgspec.Struct, frozen=True):
 
 
 GENERATION_CLAIM = "gen"
+STANDING_RETRY_AFTER_S = 5  # as a database-down 503 (app.lib.errors)
+
+
+class TokenNotCheckable(ServiceUnavailableException):
+    """A token this process has not verified before, while its agent's standing cannot be read."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            detail="cannot verify this token now, retry later",
+            headers={"Retry-After": str(STANDING_RETRY_AFTER_S)},
+        )
 
 
 def agent_from_token(token: Token) -> CurrentAgent:
@@ -66,9 +81,11 @@ def agent_from_token(token: Token) -> CurrentAgent:
 async def standing_agent(token: Token, revocations: TokenRevocations) -> CurrentAgent | None:
     """The agent of a token whose signature was just verified, if Postgres says it still speaks for them."""
     agent = agent_from_token(token)
-    if not await revocations.admits(agent.id, agent.token_generation):
-        return None
-    return agent
+    try:
+        admitted = await revocations.admits(agent.id, agent.token_generation)
+    except StandingUnavailable as exc:
+        raise TokenNotCheckable from exc
+    return agent if admitted else None
 
 
 class VerifiedTokens:

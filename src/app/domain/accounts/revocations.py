@@ -14,8 +14,13 @@ is below its agent's is refused. Each API process:
   notification is still on its way;
 - on hearing a revocation, calls back (the Hub closes that agent's sockets with 4401).
 
-With Postgres unreachable the last state heard decides. A revocation is itself a database write, so that
-state is current up to the moment this process lost the database, and it reloads the table when it is back.
+With Postgres unreachable, `admits` raises StandingUnavailable: a token this process has never verified is
+refused for now (503 / close 1013 — it may be fine), while the tokens it verified before keep working with the
+revocations heard. Deciding a new token "with the revocations heard" failed open (issue 12, finding 4): a
+process started during an outage has heard none, so a deleted agent's unexpired token read the inbox from the
+Redis page cache. Sharing revocations in Redis instead would only move the question — a Redis restart or
+flush forgets them, and a process that cannot reach Postgres cannot know Redis is complete — whereas
+refusing costs little: uncached reads need Postgres anyway, and a client retries after Retry-After.
 Rows older than the token lifetime are not loaded: every token issued before them has expired.
 """
 
@@ -46,6 +51,10 @@ _RECENT = (
 )
 
 Revoked = Callable[[UUID, int], None]
+
+
+class StandingUnavailable(Exception):
+    """Postgres could not say whether the agent still stands: the token is neither admitted nor refused."""
 
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
@@ -88,7 +97,7 @@ class TokenRevocations:
 
     async def admits(self, agent_id: UUID, generation: int) -> bool:
         """The authoritative check for a token seen for the first time: the agent exists, is active and has
-        not moved past this generation. With the database unreachable, what this process has heard."""
+        not moved past this generation. StandingUnavailable when the database cannot be asked."""
         try:
             async with self._standing_reads, self._engine.connect() as connection:
                 standing = (
@@ -97,8 +106,10 @@ class TokenRevocations:
                     )
                 ).one_or_none()
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            log.warning("token standing unavailable, using revocations heard", error=type(exc).__name__)
-            return not self.refuses(agent_id, generation)
+            log.warning(
+                "token standing unavailable, refusing a token not verified before", error=type(exc).__name__
+            )
+            raise StandingUnavailable from exc
         if standing is None:
             self.note(agent_id, DELETED_GENERATION)
             return False

@@ -11,6 +11,7 @@ from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.gateways.service import WebhookService
 from app.domain.gateways.webhook_body import WebhookBodies
+from app.domain.gateways.webhook_helpers import webhook_query
 from app.domain.gateways.webhook_throttle import webhook_throttle_of
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
@@ -53,8 +54,9 @@ class WebhookController(Controller):
         webhook_bodies: NamedDependency[WebhookBodies],
     ) -> WebhookAck:
         # No body parameter: the service reads it (webhook_body) only once the headers let it.
-        head = WebhookHead(headers=request.headers, query=dict(request.query_params))
         async with webhook_throttle_of(request).judging(client_address(request), gateway, instance):
+            query = webhook_query(request.query_params, request.scope["query_string"])
+            head = WebhookHead(headers=request.headers, query=query)
             result = await WebhookService(db_session, publisher, jobs, recent_instances).receive(
                 gateway, instance, head, webhook_bodies.reader(request)
             )

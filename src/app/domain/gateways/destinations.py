@@ -7,18 +7,24 @@ loopback, private, link-local (cloud metadata at 169.254.169.254), multicast, re
 including IPv6 spellings of such IPv4 addresses. Requiring https for foreign hosts also defeats DNS
 rebinding between this check and httpx's own lookup: an internal service reached that way cannot present a
 certificate for the attacker's host name.
+
+A destination that cannot be valid — a redirect without a usable Location, a host name no DNS can hold —
+is refused for good, not retried: the gateway would answer the same again (issue 12, finding 12 saw a
+malformed Location retried five times). Only failing to resolve a well-formed name is retryable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 
 import httpx
 
 HTTP_SCHEMES = {"http": 80, "https": 443}  # and their default ports
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")  # letters, digits, hyphens (IDNs come punycoded)
 
 Origin = tuple[str, str, int]  # scheme, host (lower case), port
 
@@ -30,6 +36,31 @@ class RefusedDestination(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
+
+
+def redirect_target(current: httpx.URL, location: str | None) -> httpx.URL:
+    """Where a redirect from `current` points; RefusedDestination (never retryable) if it points nowhere."""
+    location = (location or "").strip()
+    if not location:
+        raise RefusedDestination("no Location")
+    try:
+        target = current.join(location)
+    except httpx.InvalidURL:
+        raise RefusedDestination("not a valid URL") from None
+    if not target.host:
+        raise RefusedDestination("not an http(s) URL")
+    if target == current:
+        raise RefusedDestination("the URL it came from")
+    return target
+
+
+def _valid_host_name(url: httpx.URL) -> bool:
+    try:
+        name = url.raw_host.decode("ascii").lower()
+    except UnicodeDecodeError:
+        return False
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    return len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
 
 
 def origin_of(url: httpx.URL | str) -> Origin:
@@ -51,12 +82,16 @@ async def check_destination(url: httpx.URL, *, trusted: frozenset[Origin]) -> No
         raise RefusedDestination(f"plain http to {host}, which is not the configured gateway")
     if literal is not None:
         return
+    if not _valid_host_name(url):
+        raise RefusedDestination(f"{host} is not a valid host name")
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, url.port or HTTP_SCHEMES["https"], type=socket.SOCK_STREAM
         )
-    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    except UnicodeError:  # a name the IDNA codec refuses: no DNS will ever hold it
+        raise RefusedDestination(f"{host} is not a valid host name") from None
+    except OSError as exc:  # socket.gaierror is an OSError
+        detail = exc.strerror or type(exc).__name__
         raise RefusedDestination(f"cannot resolve {host} ({detail})", retryable=True) from None
     if not infos:
         raise RefusedDestination(f"cannot resolve {host}", retryable=True)

@@ -33,6 +33,7 @@ from app.domain.gateways.destinations import (
     RefusedDestination,
     check_destination,
     origin_of,
+    redirect_target,
 )
 from app.domain.gateways.sending import ErrorReader, GatewayError, redact
 
@@ -275,7 +276,7 @@ class GatewayHttp:
                             raise FetchFailed(
                                 f"{self._gateway} redirected more than {MAX_REDIRECTS} times", retryable=False
                             )
-                        url = self._redirect_target(url, response.headers["location"])
+                        url = self._redirect_target(url, response.headers.get("location"))
                         if response.status_code == 303 or (
                             response.status_code in (301, 302) and method != "GET"
                         ):
@@ -291,6 +292,9 @@ class GatewayHttp:
                     f"{self._gateway} did not answer within {self._timeout:g}s", retryable=True
                 ) from None
             except httpx.TransportError as exc:
+                # httpx parses a redirect's Location even when not following it: a malformed one is final.
+                if str(exc).startswith("Invalid URL in location header"):
+                    raise self._redirect_refused("not a valid URL") from None
                 detail = redact(f"{type(exc).__name__}: {exc}", self._secret)
                 raise FetchFailed(f"{self._gateway} unreachable ({detail})", retryable=True) from None
             except httpx.HTTPError as exc:  # e.g. a body that fails to decompress
@@ -298,11 +302,14 @@ class GatewayHttp:
                 raise FetchFailed(f"{self._gateway} answer unreadable ({detail})", retryable=False) from None
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
-    def _redirect_target(self, url: httpx.URL, location: str) -> httpx.URL:
+    def _redirect_target(self, url: httpx.URL, location: str | None) -> httpx.URL:
         try:
-            return url.join(location.strip())
-        except httpx.InvalidURL:
-            raise FetchFailed(f"{self._gateway} redirected to an invalid URL", retryable=False) from None
+            return redirect_target(url, location)
+        except RefusedDestination as refused:
+            raise self._redirect_refused(refused.reason) from None
+
+    def _redirect_refused(self, reason: str) -> FetchFailed:
+        return FetchFailed(f"{self._gateway} redirect refused: {reason}", retryable=False)
 
     async def _http_failure(self, response: httpx.Response) -> FetchFailed:
         status = response.status_code

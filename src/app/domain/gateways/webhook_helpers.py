@@ -13,13 +13,14 @@ import binascii
 import hmac
 import re
 import string
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
 
 from app.domain.gateways.base import WebhookHead, WebhookRejected, WebhookUnauthorized
+from app.lib.query_token import TOKEN, AmbiguousQueryToken, query_token
 
 T = TypeVar("T")
 # What the decoders take: a body (a bytearray while it is still unverified, app.domain.gateways.webhook_body)
@@ -155,6 +156,19 @@ def header_value(request: WebhookHead, name: str) -> str:
     if value is None:
         value = next((v for k, v in request.headers.items() if k.lower() == name), None)
     return value or ""
+
+
+def webhook_query(params: Mapping[str, str], query_string: bytes) -> dict[str, str]:
+    """The query a webhook's verification sees: `token` only as one plain `?token=` (app.lib.query_token);
+    a query that spells it otherwise is refused (401) rather than guessed at."""
+    query = {name: value for name, value in params.items() if name != TOKEN}
+    try:
+        token = query_token(query_string)
+    except AmbiguousQueryToken as exc:
+        raise WebhookUnauthorized(f"pass the secret as one plain ?{TOKEN}=") from exc
+    if token is not None:
+        query[TOKEN] = token
+    return query
 
 
 def presented_secrets(request: WebhookHead) -> list[str]:

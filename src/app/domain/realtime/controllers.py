@@ -1,7 +1,9 @@
 """`GET /ws`: one socket per browser tab, authenticated by the login token in `?token=`.
 
 Browsers cannot set headers on a WebSocket, hence the query parameter. The seed's `?userId=` named a user
-without proving anything, so anyone could read anyone's inbox: it is refused.
+without proving anything, so anyone could read anyone's inbox: it is refused. A token this process cannot
+check now (Postgres unreachable, never verified here) closes the socket with 1013, try again later: not
+4401, which tells a client its login is over (issue 12, finding 4).
 
 An agent holds at most WS_MAX_SOCKETS_PER_AGENT sockets on a process (a few tabs); the next one is closed
 with 4429 and logged (issue 12: 1,000 sockets were opened on one token in 3 s).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import NamedTuple
 
 import msgspec
 import structlog
@@ -19,34 +22,52 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException
 
 from app.config import Settings
-from app.domain.accounts.auth import AgentRequest, CurrentAgent, VerifiedTokens, verify_token
+from app.domain.accounts.auth import (
+    AgentRequest,
+    CurrentAgent,
+    TokenNotCheckable,
+    VerifiedTokens,
+    verify_token,
+)
 from app.domain.conversations.reads import PageReader
 from app.domain.realtime.connection import (
     CLOSE_FORBIDDEN,
     CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED,
     Connection,
 )
 from app.domain.realtime.frames import CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES, Ready
 from app.domain.realtime.hub import Hub
 from app.lib import metrics
+from app.lib.query_token import AmbiguousQueryToken, query_token
 
 log = structlog.get_logger()
 
 
+class Refusal(NamedTuple):
+    code: int
+    reason: str
+
+
 async def _authenticate(
     socket: WebSocket, settings: Settings, tokens: VerifiedTokens
-) -> tuple[CurrentAgent, float] | str:
-    """(agent, token expiry) or the reason to refuse."""
-    token = socket.query_params.get("token")
+) -> tuple[CurrentAgent, float] | Refusal:
+    """(agent, token expiry) or why and how to refuse."""
+    try:
+        token = query_token(socket.scope["query_string"])
+    except AmbiguousQueryToken:
+        return Refusal(CLOSE_UNAUTHORIZED, "pass the token once, as a plain ?token=")
     if not token:
         if "userId" in socket.query_params:
-            return "userId is not accepted; pass the login token as ?token="
-        return "missing token"
+            return Refusal(CLOSE_UNAUTHORIZED, "userId is not accepted; pass the login token as ?token=")
+        return Refusal(CLOSE_UNAUTHORIZED, "missing token")
     try:
         decoded, agent = await verify_token(token, settings, tokens)
     except NotAuthorizedException:
-        return "invalid, expired or revoked token"
+        return Refusal(CLOSE_UNAUTHORIZED, "invalid, expired or revoked token")
+    except TokenNotCheckable:
+        return Refusal(CLOSE_TRY_AGAIN_LATER, "cannot verify the token now, retry later")
     return agent, decoded.exp.timestamp()
 
 
@@ -69,8 +90,8 @@ async def realtime_socket(
         await socket.close(code=CLOSE_FORBIDDEN, reason="origin not allowed")
         return
     authenticated = await _authenticate(socket, settings, verified_tokens)
-    if isinstance(authenticated, str):
-        await socket.close(code=CLOSE_UNAUTHORIZED, reason=authenticated)
+    if isinstance(authenticated, Refusal):
+        await socket.close(code=authenticated.code, reason=authenticated.reason)
         return
     agent, expires_at = authenticated
     connection = Connection(socket, agent, hub, hub.history, settings.realtime)
