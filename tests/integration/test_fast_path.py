@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -20,8 +22,9 @@ from app.domain.accounts.auth import VerifiedTokens, agent_from_token
 from app.domain.accounts.revocations import TokenRevocations
 from app.server.core import create_asgi
 from app.server.fastpath import CachedPageFastPath
+from app.server.shedding import RefusedLoginShedding
 from tests.events import text_message
-from tests.factories import Tenant, create_tenant
+from tests.factories import PASSWORD, Tenant, create_tenant
 from tests.integration.test_read_api import ingest, login
 from tests.webhooks import fixture_for, post_webhook, with_message_id
 
@@ -207,3 +210,41 @@ def test_verified_tokens_forget_expired_tokens_and_stay_bounded(settings: Settin
     tokens.add("a", third, agent_from_token(third))
     tokens.add("b", third, agent_from_token(third))
     assert tokens.get("long") is None  # the oldest went when the bound was passed
+
+
+async def test_a_login_from_an_address_over_its_budget_is_refused_at_the_door_exactly_as_litestar_refuses_it(
+    settings: Settings, session: AsyncSession
+):
+    """The shedding door (app.server.shedding) answers a known-over-budget address's login with Litestar's
+    429: same status, body and headers (the reset figures may differ by the second that passed)."""
+    budget = 3
+    tenant = await create_tenant(session)
+    body = {"email": tenant.agent.email, "password": "not the password"}
+    for extra in ({}, {"Origin": "http://localhost:5173"}, {"Origin": "https://evil.example"}):
+        limited = replace(  # a budget of its own per variant: only the first refusal goes through Litestar
+            settings,
+            auth=replace(settings.auth, login_attempts_per_minute=budget),
+            redis=replace(settings.redis, key_prefix=f"crm-shed-{secrets.token_hex(4)}"),
+        )
+        asgi = create_asgi(limited)
+        door = asgi.app
+        assert isinstance(door, RefusedLoginShedding)
+        async with AsyncTestClient(app=asgi) as client:  # type: ignore[arg-type]
+            for _ in range(budget):
+                assert (await client.post("/api/auth/login", json=body, headers=extra)).status_code == 401
+            by_litestar = await client.post("/api/auth/login", json=body, headers=extra)
+            assert door.shed == 0, extra  # counted by the guard: now this process knows the address is over
+            by_the_door = await client.post("/api/auth/login", json=body, headers=extra)
+            assert door.shed == 1, extra
+            assert by_the_door.status_code == by_litestar.status_code == 429
+            assert by_the_door.json() == by_litestar.json()
+            timing = {"retry-after", "ratelimit-reset"}
+            assert {k: v for k, v in relevant(dict(by_the_door.headers)).items() if k not in timing} == {
+                k: v for k, v in relevant(dict(by_litestar.headers)).items() if k not in timing
+            }, extra
+            for name in timing:
+                assert abs(int(by_the_door.headers[name]) - int(by_litestar.headers[name])) <= 1
+            # The right password too: the address is over its budget.
+            right = await client.post("/api/auth/login", json={**body, "password": PASSWORD}, headers=extra)
+            assert right.status_code == 429
+            assert door.shed == 2

@@ -9,7 +9,7 @@ from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 
 from app.db.models import Agent, AgentRole, Organization
-from app.domain.accounts.passwords import DUMMY_HASH, hash_password, verify_password
+from app.domain.accounts.passwords import DUMMY_HASH, hash_password, verify_password_off_loop
 
 _SLUG_INVALID = re.compile(r"[^a-z0-9]+")
 
@@ -63,7 +63,7 @@ class AgentService(SQLAlchemyAsyncRepositoryService[Agent]):
             self.repository.session.expunge(agent)
         await self.repository.session.rollback()
         stored = agent.password_hash if agent is not None else DUMMY_HASH
-        valid = await anyio.to_thread.run_sync(verify_password, password, stored)
+        valid = await verify_password_off_loop(password, stored)
         if agent is None or not valid or not agent.is_active:
             return None
         return agent
