@@ -4,7 +4,7 @@ Two API processes share Postgres and a private Redis. Agents' sockets are on B; 
 retrying like a real gateway (non-2xx, refused or dropped connection, timeout: the same body again, with
 backoff). A dies with requests on it that have committed and not been answered: just before the kill Redis
 is frozen (SIGSTOP), so each request A has committed waits in its after-commit publish (which gives up after
-0.5 s), and A is killed while requests have been waiting there for 0.25 s. Those publishes are lost too.
+0.5 s), and A is killed while requests have been waiting there (STUCK_S). Those publishes are lost too.
 A new A takes over the gateway's URL. Nothing may be lost or stored twice — the retried webhooks that had
 committed must be acknowledged as duplicates — and every socket on B must see every message once, in seq
 order (the lost publishes come from the periodic catch-up).
@@ -23,6 +23,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.lib.throttle_calls import PATIENCE_S, PROBE_S
 from tests.factories import PASSWORD, create_tenant
 from tests.faults.harness import (
     GATEWAY,
@@ -50,7 +51,10 @@ CLIENTS = 4
 ROOMS_PER_CLIENT = 6
 MESSAGES = 480
 RATE = 80.0  # webhooks per second offered: about 6 s of load, A dies a third of the way in
-STUCK_S = 0.25  # in flight this long with Redis frozen: committed, waiting in the publish (0.5 s timeout)
+# In flight this long with Redis frozen: committed, waiting in the publish (0.5 s timeout). Longer than the
+# webhook throttle's one stall on a frozen Redis before it rests (app.lib.throttle_calls: patience, then a
+# probe), which comes before the commit: a request still waiting there has committed nothing.
+STUCK_S = PATIENCE_S + PROBE_S + 0.1
 
 
 def _freeze(redis: PrivateRedis, sig: signal.Signals) -> None:
