@@ -5,12 +5,8 @@ its data) costs the cache, never a correct answer."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import select
@@ -21,6 +17,7 @@ from app.db.models import Message
 from app.domain.conversations.cache import _REDIS_BACKOFF_S
 from tests.factories import PASSWORD, Tenant, create_tenant
 from tests.integration.test_realtime import GATEWAY, post_text
+from tests.kit.tcp_relay import relay_to
 from tests.process_rig import ApiProcess, api_processes, env_for, login_token, private_redis
 
 Json = dict[str, Any]
@@ -178,78 +175,6 @@ async def test_redis_stopped_mid_test_costs_only_the_cache(settings: Settings, s
             assert (await agent.inbox())["items"][0]["last_message_preview"] == "after the restart"
         finally:
             await agent.close()
-
-
-class CuttableRelay:
-    """A TCP relay in front of a real Redis, on a thread of its own: `cut()` drops every connection and
-    refuses new ones (a network partition: Redis keeps running, and keeps its data), `restore()` heals."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
-    def start(self) -> None:
-        self._thread.start()
-        self._run(self._listen())
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, upstream_writer}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
-        self._writers -= {writer, upstream_writer}
-
-    async def _cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await self._server.wait_closed()
-
-    def cut(self) -> None:
-        self._run(self._cut())
-
-    def restore(self) -> None:
-        self._run(self._listen())  # the same port again
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.cut()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
-@contextlib.contextmanager
-def relay_to(redis_url: str) -> Iterator[tuple[CuttableRelay, str]]:
-    parts = urlsplit(redis_url)
-    relay = CuttableRelay(parts.hostname or "127.0.0.1", parts.port or 6379)
-    relay.start()
-    try:
-        yield relay, urlunsplit(parts._replace(netloc=f"127.0.0.1:{relay.port}"))
-    finally:
-        relay.stop()
 
 
 async def test_a_write_made_while_redis_was_unreachable_stays_visible_after_it_is_back(

@@ -14,9 +14,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import os
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -45,6 +43,7 @@ from tests.integration.test_media_pipeline import (
     worker_ctx,  # noqa: F401  (a fixture, used by name)
 )
 from tests.integration.test_send_killed import eventually
+from tests.kit.measure import MiB, RssSampler, cpu_seconds, status_bytes
 from tests.process_rig import arq_worker
 
 SIDE = 6300  # 39.7 MP: under MAX_PIXELS, 159 MB as decoded RGBA
@@ -122,35 +121,7 @@ async def settled(session: AsyncSession, ids: list[UUID]) -> list[Media]:
 
 
 def status_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field} for {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-class RssSampler:
-    """VmRSS every 10 ms in a thread (the event loop is busy polling Postgres), as a check on VmHWM."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, status_mb(self.pid, "VmRSS"))
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    return status_bytes(pid, field) / MiB
 
 
 async def test_four_png_bombs_as_images_and_documents_stay_within_the_decode_budget(
@@ -181,7 +152,7 @@ async def test_four_png_bombs_as_images_and_documents_stay_within_the_decode_bud
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak from here on
         cpu_before = time.monotonic(), cpu_seconds(pid)
 
-        with RssSampler(pid) as sampler:
+        with RssSampler(pid, interval_s=0.01) as sampler:
             await enqueue(media_queue, settings, ids)
 
             async def done() -> bool:
@@ -189,7 +160,7 @@ async def test_four_png_bombs_as_images_and_documents_stay_within_the_decode_bud
 
             await eventually(done, "the four bombs are processed", timeout=120)
             time.sleep(1.0)  # whatever the worker gives back, it gives back at once
-        peak = max(status_mb(pid, "VmHWM"), sampler.peak)
+        peak = max(status_mb(pid, "VmHWM"), sampler.peak / MiB)
         after = status_mb(pid, "VmRSS")
         wall, cpu = time.monotonic() - cpu_before[0], cpu_seconds(pid) - cpu_before[1]
         print(

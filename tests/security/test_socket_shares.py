@@ -5,7 +5,7 @@ rate limit) took another org's subscribe → replay.done from 8 ms to 1.3 s: one
 one line, and the flooder's reads filled it. Here: the socket over WS_MAX_SOCKETS_PER_AGENT is closed with
 4429 while another agent of the same org still connects; and while agent A floods its 20 sockets with
 replaying subscribes, agent B's (another org) replay overtakes A's queue. Postgres sits 5 ms away behind a
-relay (tests/delayed_relay.py), as a managed database does: on loopback a read is too quick to queue.
+relay (tests/kit/tcp_relay.py), as a managed database does: on loopback a read is too quick to queue.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from app.config import Settings
 from app.db.models import Conversation
 from app.domain.conversations.ingest import IngestService
 from app.domain.realtime.connection import CLOSE_TOO_MANY_SOCKETS
-from tests.delayed_relay import delayed_database
 from tests.events import text_message
 from tests.factories import Tenant, create_tenant
 from tests.faults.harness import GATEWAY, LeanWebSocket
+from tests.kit.tcp_relay import delayed_database
 from tests.process_rig import ApiProcess, api_processes, env_for
 from tests.security.support import valid_token, ws_outcome
 from tests.ws_client import WsClient

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,12 +30,12 @@ from app.db.models import Media, Message, WhatsAppInstance
 from app.domain.conversations.storable import MAX_TEXT_CHARS, TRUNCATION_MARKER
 from app.domain.gateways.webhook_body import UNVERIFIED_READ_WAIT_S
 from tests.factories import create_tenant
+from tests.kit.measure import MiB, RssSampler, cpu_seconds, rss_bytes
 from tests.process_rig import ApiProcess, api_processes, env_for
 from tests.security.support import row_counts
 from tests.security.test_webhook_entry import CHUNK, TEXT, deliver, from_address, live_app, text_body
 from tests.webhooks import fixture_for, signed_headers, with_message_id
 
-MiB = 1024 * 1024
 HOSTILE_BODY_BYTES = 23 * MiB  # just under WEBHOOK_MAX_BODY_BYTES (24 MiB), as in the issue
 HOSTILE_PER_GATEWAY = 20
 RSS_RISE_LIMIT = 100 * 1000 * 1000  # the issue's "≤ 100 MB"
@@ -58,42 +55,6 @@ def api(settings: Settings) -> Iterator[ApiProcess]:
     )
     with api_processes(1, env) as [process]:
         yield process
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-class RssSampler:
-    """The process's resident memory every few milliseconds while a load runs, from a thread of its own
-    (the test's event loop is busy sending); keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self.samples = pid, rss_bytes(pid), 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-            self.samples += 1
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.peak = max(self.peak, rss_bytes(self.pid))
 
 
 def padded_json(data: dict[str, Any], size: int) -> bytes:
