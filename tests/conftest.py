@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from arq import ArqRedis, create_pool
+from arq.connections import RedisSettings as ArqRedisSettings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
@@ -28,6 +30,7 @@ from app.config import (
     Settings,
 )
 from app.lib.embedded import dev_services
+from app.lib.jobs import deserialize_job, media_queue_name, serialize_job
 from tests.databases import scratch_database
 from tests.process_rig import ApiProcess, api_processes, env_for
 
@@ -125,3 +128,16 @@ def api_pair(settings: Settings) -> Iterator[list[ApiProcess]]:
     """Two real API processes on two ports sharing this run's Postgres and Redis."""
     with api_processes(2, env_for(settings, WS_CATCH_UP_SECONDS="1")) as processes:
         yield processes
+
+
+@pytest.fixture
+async def arq_pool(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """An arq pool on the media queue, as the API and the media worker open it (same serializer)."""
+    pool = await create_pool(
+        ArqRedisSettings.from_dsn(settings.redis.url),
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        default_queue_name=media_queue_name(settings.redis.key_prefix),
+    )
+    yield pool
+    await pool.aclose()

@@ -11,16 +11,13 @@ import dataclasses
 import io
 import json
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import httpx
-import pytest
-from arq import ArqRedis, create_pool
-from arq.connections import RedisSettings
+from arq import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import Job
 from PIL import Image
@@ -32,7 +29,7 @@ from app.config import Settings
 from app.db.models import Media, MediaState
 from app.domain.conversations.ingest import IngestService
 from app.domain.media import processing
-from app.lib.jobs import deserialize_job, media_job_id, media_queue_name, serialize_job
+from app.lib.jobs import deserialize_job, media_job_id, media_queue_name
 from app.workers.media import CLAIM_LEASE, process_media, sweep_pending_media
 from tests.events import image_message
 from tests.factories import PASSWORD, Tenant, create_tenant
@@ -51,19 +48,6 @@ from tests.webhooks import signed_headers
 
 GATEWAY = "evolution"
 MEDIA_PATH = "/api/whatsapp-optimized/media"
-
-
-@pytest.fixture
-async def arq_pool(settings: Settings) -> AsyncIterator[ArqRedis]:
-    """An arq pool as the API's JobQueue and the worker open it (same serializer)."""
-    pool = await create_pool(
-        RedisSettings.from_dsn(settings.redis.url),
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        default_queue_name=media_queue_name(settings.redis.key_prefix),
-    )
-    yield pool
-    await pool.aclose()
 
 
 async def media_row(session: AsyncSession, media_id: UUID) -> Media:

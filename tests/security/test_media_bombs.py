@@ -16,15 +16,12 @@ import dataclasses
 import io
 import secrets
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import pytest
-from arq import ArqRedis, create_pool
-from arq.connections import RedisSettings
+from arq import ArqRedis
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -35,7 +32,7 @@ from app.domain.conversations.ingest import IngestService
 from app.domain.gateways.events import Direction, InboundMessage, MediaRef, MessageStatus, MessageType
 from app.domain.media import processing
 from app.domain.media.decode_budget import DecodeBudget
-from app.lib.jobs import deserialize_job, media_job_id, media_queue_name, serialize_job
+from app.lib.jobs import media_job_id, media_queue_name
 from app.workers.media import process_media
 from tests.factories import Tenant, create_tenant
 from tests.integration.test_media_pipeline import (
@@ -94,18 +91,6 @@ async def ingest(engine: AsyncEngine, tenant: Tenant, events: list[InboundMessag
     return [media_id for media_id in ids if media_id is not None]
 
 
-@pytest.fixture
-async def media_queue(settings: Settings) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(
-        RedisSettings.from_dsn(settings.redis.url),
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        default_queue_name=media_queue_name(settings.redis.key_prefix),
-    )
-    yield pool
-    await pool.aclose()
-
-
 async def enqueue(pool: ArqRedis, settings: Settings, ids: list[UUID]) -> None:
     queue = media_queue_name(settings.redis.key_prefix)
     for media_id in ids:
@@ -125,7 +110,7 @@ def status_mb(pid: int, field: str) -> float:
 
 
 async def test_four_png_bombs_as_images_and_documents_stay_within_the_decode_budget(
-    session: AsyncSession, engine: AsyncEngine, settings: Settings, media_queue: ArqRedis, media_dir: Path
+    session: AsyncSession, engine: AsyncEngine, settings: Settings, arq_pool: ArqRedis, media_dir: Path
 ):
     assert settings.media.concurrency == 4  # all four at once, as in the finding
     tenant = await create_tenant(session)
@@ -141,7 +126,7 @@ async def test_four_png_bombs_as_images_and_documents_stay_within_the_decode_bud
     with arq_worker(settings, "MediaWorkerSettings") as worker:
         pid = worker.process.pid
         # A small image first: Pillow's plugins, the thread pool and the storage are then all loaded.
-        await enqueue(media_queue, settings, [warm_id])
+        await enqueue(arq_pool, settings, [warm_id])
 
         async def warm() -> bool:
             return len(await settled(session, [warm_id])) == 1
@@ -153,7 +138,7 @@ async def test_four_png_bombs_as_images_and_documents_stay_within_the_decode_bud
         cpu_before = time.monotonic(), cpu_seconds(pid)
 
         with RssSampler(pid, interval_s=0.01) as sampler:
-            await enqueue(media_queue, settings, ids)
+            await enqueue(arq_pool, settings, ids)
 
             async def done() -> bool:
                 return len(await settled(session, ids)) == len(ids)
