@@ -147,15 +147,17 @@ class Hub:
 
     # -- routing --------------------------------------------------------------------------------
     def dispatch(self, org_id: UUID, envelope: Envelope) -> int:
-        """Hand an event to the local sockets it concerns; returns how many got it."""
+        """Hand an event to the local sockets it concerns, now (see Connection.send); returns how many got
+        it. The frame is encoded to bytes once for all of them."""
+        data = envelope.frame.encode()
         if envelope.for_room:
             targets = tuple(c for c in self._rooms.get(envelope.conversation_id, ()) if c.org_id == org_id)
             for connection in targets:
-                connection.room_event(envelope)
+                connection.room_event(envelope, data)
         else:
             targets = tuple(self._orgs.get(org_id, ()))
             for connection in targets:
-                connection.send(envelope.frame)
+                connection.send(envelope.frame, data)
         if envelope.kind is EventKind.MESSAGE_CREATED:
             self.counters.messages_routed += 1
             self.counters.notifications += len(targets)
