@@ -5,9 +5,9 @@ imported application included, and stopped its event loop for hundreds of millis
 `gc.callbacks` in the realtime benchmark: 5 full collections in a 10 s run, up to 0.58-0.77 s each, the
 worst frame latencies with them). What exists when the server starts (modules, the ORM's and Litestar's
 metadata, caches) lives until the process ends, so it is frozen: moved out of every later collection
-(`gc.freeze`, as CPython's documentation advises for long-lived servers). A young generation of a few
-thousand objects, instead of 700, makes the frequent young collections fewer; each stays well under a
-millisecond (a request allocates some hundreds of objects, most freed by reference counting).
+(`gc.freeze`, as CPython's documentation advises for long-lived servers). A young generation of 7,000
+objects instead of 700 makes young collections ten times fewer (35-41 instead of ~540 per process in the
+same benchmark, 0.25 s of collection instead of 0.6 s); after the freeze no full collection ran during it.
 """
 
 from __future__ import annotations
