@@ -24,7 +24,7 @@ from typing import IO, Any
 import httpx
 
 from app.config import Settings
-from app.server.run import http_cli_args, proxy_cli_args
+from app.server.run import http_cli_args, proxy_cli_args, ws_cli_args
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
@@ -137,8 +137,10 @@ class ApiProcess:
         else:
             args = f"--host 127.0.0.1 --port {self.port} --no-access-log --timeout-graceful-shutdown 5"
             cmd = [sys.executable, "-m", "uvicorn", "app.asgi:app", *args.split()]
-            # The production server's HTTP protocol (head/body timeouts, connection cap), as `just serve`.
-            cmd += [*http_cli_args(), *proxy_cli_args(env.get("FORWARDED_ALLOW_IPS")), *self._extra_args]
+            # The production server's HTTP protocol (head/body timeouts, connection cap) and WebSocket
+            # protocol (frames written without a task hop), as `just serve`.
+            cmd += [*http_cli_args(), *ws_cli_args(), *proxy_cli_args(env.get("FORWARDED_ALLOW_IPS"))]
+            cmd += self._extra_args
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 cmd,

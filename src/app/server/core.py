@@ -57,6 +57,7 @@ from app.lib.openapi import document_api
 from app.lib.redaction import redact_server_logs
 from app.lib.throttle_calls import ThrottleCalls
 from app.server.fastpath import CachedPageFastPath
+from app.server.gc_tuning import settle_collector
 from app.server.shedding import RefusedLoginShedding
 from app.server.signals import close_sockets_on_sigterm
 
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(revocations.loaded.wait(), REVOCATIONS_STARTUP_WAIT_S)
         restore_signals = close_sockets_on_sigterm(hub)
+        settle_collector()  # startup's objects out of every later collection (gc_tuning, issue 13)
         try:
             yield
         finally:

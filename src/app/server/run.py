@@ -6,9 +6,10 @@ small JSON, and compressing them cost latency and memory per connection for litt
 
 The WebSocket implementation is named (websockets' sans-I/O protocol: no task or buffer of its own per
 connection) rather than left to uvicorn's `auto`, which would pick another if the installed packages
-changed. uvicorn buffers a whole message before the app sees it, 16 MiB by default; client frames are
-commands of at most WS_MAX_FRAME_BYTES, so it buffers that plus a margin: a frame a little too big still
-gets the app's `frame_too_large` answer on a socket that stays open, a bigger one closes it with 1009.
+changed. It is uvicorn's, with a way to write a frame without awaiting (app.server.ws_protocol, issue 13).
+uvicorn buffers a whole message before the app sees it, 16 MiB by default; client frames are commands of
+at most WS_MAX_FRAME_BYTES, so it buffers that plus a margin: a frame a little too big still gets the
+app's `frame_too_large` answer on a socket that stays open, a bigger one closes it with 1009.
 
 Forwarding headers are trusted from nobody by default (issue 12, finding 8): the throttles count the
 client's address, and with uvicorn's own default (trust 127.0.0.1) anything on the host, or a proxy that
@@ -21,7 +22,7 @@ connections (app.server.http_protocol, issue 12); its limits come from the envir
 connection cap derives from it.
 
 The benchmarks start uvicorn with `cli_args()`, the same options on its command line; the test process rig
-passes `http_cli_args()` and `proxy_cli_args()`.
+passes `http_cli_args()`, `ws_cli_args()` and `proxy_cli_args()`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from app.server.http_protocol import raise_open_files_limit
 
 FRAME_MARGIN_BYTES = 64 * 1024
 HTTP_PROTOCOL = "app.server.http_protocol:GuardedHttpToolsProtocol"
+WS_PROTOCOL = "app.server.ws_protocol:FramesWebSocketProtocol"
 
 
 def http_options() -> dict[str, object]:
@@ -45,9 +47,14 @@ def http_cli_args() -> list[str]:
     return ["--http", HTTP_PROTOCOL]
 
 
+def ws_cli_args() -> list[str]:
+    """The WebSocket protocol class alone (the test process rig's servers use it too)."""
+    return ["--ws", WS_PROTOCOL]
+
+
 def websocket_options(realtime: RealtimeSettings) -> dict[str, object]:
     return {
-        "ws": "websockets-sansio",
+        "ws": WS_PROTOCOL,
         "ws_max_size": realtime.max_frame_bytes + FRAME_MARGIN_BYTES,
         "ws_ping_interval": realtime.heartbeat_s,
         "ws_ping_timeout": 2 * realtime.heartbeat_s,

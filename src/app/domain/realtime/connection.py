@@ -9,6 +9,12 @@ Most sockets are idle most of the time, and an API process holds thousands, so a
 it must: the handler's own task reads the client's frames (no reader task), and the outgoing deque, the
 writer task and the wait for room in it exist only while frames are waiting to go out. `__slots__`
 throughout: no instance dict per socket.
+
+Frames first (issue 13): a frame for a socket with nothing queued is written to the transport at once,
+from the hub's own call, when the server offers a `FrameWriter` (app.server.ws_protocol). Only a socket
+whose transport is paused (a slow reader), or that already has frames waiting, gets the queue and the
+writer task; that is where order and the slow-consumer limit are kept, as before. Under webhook load
+each task hop costs a full turn of a busy event loop, so the common case takes none.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from app.domain.realtime.frames import (
 )
 from app.domain.realtime.history import History
 from app.lib import metrics
+from app.lib.frame_writer import FrameWriter, frame_writer_of
 
 if TYPE_CHECKING:
     from app.domain.realtime.hub import Hub
@@ -89,6 +96,7 @@ class TokenBucket:
 
 class Connection:
     __slots__ = (
+        "_direct",
         "_fills",
         "_out",
         "_space",
@@ -124,6 +132,7 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._space: asyncio.Event | None = None
         self._fills: set[asyncio.Task[None]] | None = None
+        self._direct: FrameWriter | None = frame_writer_of(socket.scope)
 
     @property
     def org_id(self) -> UUID:
@@ -150,9 +159,10 @@ class Connection:
     def queued(self) -> int:
         return len(self._out) if self._out is not None else 0
 
-    def send(self, frame: str) -> None:
-        """Queue a frame without waiting (the hub's path): a full queue means a slow consumer."""
-        if self.closing is not None:
+    def send(self, frame: str, data: bytes | None = None) -> None:
+        """Write or queue a frame without waiting (the hub's path): a full queue means a slow consumer.
+        `data`: the frame's UTF-8 bytes when the caller has them (encoded once for a whole room)."""
+        if self.closing is not None or self._write_now(frame, data):
             return
         if self.queued() >= self.max_queued:
             log.warning("websocket consumer too slow", connection_id=self.id, user_id=str(self.agent.id))
@@ -170,7 +180,20 @@ class Connection:
                 self._space = asyncio.Event()
             await self._space.wait()
         if self.closing is None:
-            self._push(encode(frame))
+            text = encode(frame)
+            if not self._write_now(text, None):
+                self._push(text)
+
+    def _write_now(self, frame: str, data: bytes | None) -> bool:
+        """Written to the transport now: nothing is queued before it and the transport takes data."""
+        direct = self._direct
+        if direct is None or self._out is not None:
+            return False
+        if not direct.write_text_now(frame.encode() if data is None else data):
+            return False
+        self.hub.counters.frames_sent += 1
+        metrics.WS_FRAMES.inc()
+        return True
 
     def close_soon(self, code: int, reason: str, *, resync: bool = False, drop_queued: bool = False) -> None:
         """Tell the client why and close. With a resync, what is queued is dropped (the client reloads
@@ -291,10 +314,10 @@ class Connection:
             self.hub.leave(self, conversation_id)
 
     # -- room events ----------------------------------------------------------------------------
-    def room_event(self, envelope: Envelope) -> None:
+    def room_event(self, envelope: Envelope, data: bytes | None = None) -> None:
         cursor = self.rooms.get(envelope.conversation_id)
         if cursor is not None:
-            self._deliver(envelope.conversation_id, cursor, envelope)
+            self._deliver(envelope.conversation_id, cursor, envelope, data)
 
     def ensure_caught_up(self, conversation_id: UUID, last_seq: int) -> None:
         """The periodic check found the room ahead of this socket (a publish was lost): fill the gap."""
@@ -303,7 +326,9 @@ class Connection:
             cursor.busy = True
             self._spawn(self._fill(conversation_id, cursor))
 
-    def _deliver(self, conversation_id: UUID, cursor: RoomCursor, envelope: Envelope) -> None:
+    def _deliver(
+        self, conversation_id: UUID, cursor: RoomCursor, envelope: Envelope, data: bytes | None = None
+    ) -> None:
         if cursor.busy:
             cursor.pending.append(envelope)
             if len(cursor.pending) > self.max_queued:
@@ -318,7 +343,7 @@ class Connection:
                 self._spawn(self._fill(conversation_id, cursor))
                 return
             cursor.delivered = envelope.seq
-        self.send(envelope.frame)
+        self.send(envelope.frame, data)
 
     async def _fill(self, conversation_id: UUID, cursor: RoomCursor) -> None:
         """Send every message after `delivered` from Postgres, then merge what arrived live meanwhile."""

@@ -2,7 +2,11 @@
 
 Every API process subscribes to all organisations' channels once (PSUBSCRIBE), so joining a room is a
 dictionary insert, not a Redis round trip, and there is no window in which a new room is not yet
-subscribed. Rooms are plain dicts of sets, deleted when their last socket leaves: nothing grows with churn
+subscribed. Messages are dispatched, and their frames written, in the subscription's read callback
+(realtime/subscription.py, issue 13): under webhook load a frame takes no turn of the busy event loop
+between the Redis socket and the WebSocket transports.
+
+Rooms are plain dicts of sets, deleted when their last socket leaves: nothing grows with churn
 (the Litestar channels leaks, litestar #4867/#4871/#4894, do not apply).
 
 Two loops run for the life of the process: the listener (reconnects with backoff when Redis goes away) and
@@ -25,7 +29,6 @@ from uuid import UUID
 
 import msgspec
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.config import RealtimeSettings
@@ -39,6 +42,7 @@ from app.domain.realtime.events import (
     org_of_channel,
 )
 from app.domain.realtime.history import History
+from app.domain.realtime.subscription import SubscriberProtocol, subscribe
 from app.lib import metrics
 
 log = structlog.get_logger()
@@ -77,6 +81,8 @@ class Hub:
         self.counters = SocketCounters()
         self._check_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._subscription: SubscriberProtocol | None = None
 
     # -- membership -----------------------------------------------------------------------------
     def admit(self, connection: Connection) -> bool:
@@ -147,15 +153,17 @@ class Hub:
 
     # -- routing --------------------------------------------------------------------------------
     def dispatch(self, org_id: UUID, envelope: Envelope) -> int:
-        """Hand an event to the local sockets it concerns; returns how many got it."""
+        """Hand an event to the local sockets it concerns, now (see Connection.send); returns how many got
+        it. The frame is encoded to bytes once for all of them."""
+        data = envelope.frame.encode()
         if envelope.for_room:
             targets = tuple(c for c in self._rooms.get(envelope.conversation_id, ()) if c.org_id == org_id)
             for connection in targets:
-                connection.room_event(envelope)
+                connection.room_event(envelope, data)
         else:
             targets = tuple(self._orgs.get(org_id, ()))
             for connection in targets:
-                connection.send(envelope.frame)
+                connection.send(envelope.frame, data)
         if envelope.kind is EventKind.MESSAGE_CREATED:
             self.counters.messages_routed += 1
             self.counters.notifications += len(targets)
@@ -176,9 +184,10 @@ class Hub:
 
     async def stop(self) -> None:
         self.close_all(CLOSE_GOING_AWAY, "server shutting down")
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._side_tasks]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -196,24 +205,20 @@ class Hub:
     async def _listen(self) -> None:
         attempt = 0
         while True:
-            client = Redis.from_url(self.redis_url)
-            pubsub = client.pubsub()
+            subscription: SubscriberProtocol | None = None
             try:
-                await pubsub.psubscribe(org_channel_pattern(self.key_prefix))
-                await pubsub.subscribe(self.cache.keys.invalidation_channel())
+                subscription = await subscribe(
+                    self.redis_url,
+                    [org_channel_pattern(self.key_prefix)],
+                    [self.cache.keys.invalidation_channel()],
+                    self._on_message,
+                )
+                self._subscription = subscription
                 if attempt:
                     log.info("realtime subscription restored", attempts=attempt)
                     self._check_now.set()  # whatever was published while we were away comes from Postgres
                 attempt = 0
-                async for message in pubsub.listen():
-                    if message["type"] == "subscribe":  # Redis confirms in order: both are active now
-                        await self.cache.send_unbumped()
-                        self.cache.set_memory_live(True)
-                        continue
-                    try:
-                        self._on_message(message)
-                    except Exception:  # one bad event must not stop delivery of the others
-                        log.exception("realtime event dispatch failed")
+                await subscription.closed  # raises SubscriptionLost when the connection ends
             except (RedisError, OSError, TimeoutError) as exc:
                 self.cache.set_memory_live(False)  # invalidations may be missed until resubscribed
                 delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
@@ -221,29 +226,48 @@ class Hub:
                 log.warning("realtime subscription lost", error=type(exc).__name__, retry_in_s=delay)
                 await asyncio.sleep(delay)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-                    await client.aclose()
+                self._subscription = None
+                if subscription is not None:
+                    subscription.close()
 
-    def _on_message(self, message: dict[str, object]) -> None:
-        if message.get("type") == "message":  # the cache's invalidation channel
-            data = message["data"]
-            if isinstance(data, bytes):
+    def _on_message(self, kind: bytes, channel: bytes, data: bytes) -> None:
+        """Called from the subscription's read callback, once per message, in the order Redis sent them."""
+        try:
+            if kind == b"pmessage":
+                self._on_event(channel, data)
+            elif kind == b"message":  # the cache's invalidation channel
                 self.cache.invalidate(data.decode().split("\n"))
+            elif kind == b"subscribe":  # Redis confirms in order: both subscriptions are active now
+                self._spawn_confirmed(self._subscription)
+        except Exception:  # one bad event must not stop delivery of the others
+            log.exception("realtime event dispatch failed")
+
+    def _spawn_confirmed(self, subscription: SubscriberProtocol | None) -> None:
+        task = asyncio.create_task(self._confirmed(subscription))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _confirmed(self, subscription: SubscriberProtocol | None) -> None:
+        """The bumps Redis missed go out, then the in-memory cache layer is used again; if Redis cannot take
+        them, the subscription is dropped and the next one tries again."""
+        try:
+            await self.cache.send_unbumped()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("cache invalidations not sent after resubscribing", error=type(exc).__name__)
+            if subscription is not None:
+                subscription.close()
             return
-        if message.get("type") != "pmessage":
-            return
-        channel = message["channel"]
-        org_id = org_of_channel(
-            self.key_prefix, channel.decode() if isinstance(channel, bytes) else str(channel)
-        )
-        data = message["data"]
-        if org_id is None or not isinstance(data, bytes):
+        if subscription is not None and subscription is self._subscription and not subscription.closed.done():
+            self.cache.set_memory_live(True)
+
+    def _on_event(self, channel: bytes, data: bytes) -> None:
+        org_id = org_of_channel(self.key_prefix, channel.decode())
+        if org_id is None:
             return
         try:
             envelope = envelope_decoder.decode(data)
         except msgspec.DecodeError:
-            log.warning("undecodable realtime event dropped", channel=str(channel))
+            log.warning("undecodable realtime event dropped", channel=channel.decode())
             return
         self.dispatch(org_id, envelope)
 
