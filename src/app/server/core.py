@@ -38,6 +38,7 @@ from app.domain.gateways.controllers import WebhookController
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.webhook_body import WebhookBodies
 from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
+from app.domain.ingest.batcher import IngestBatcher
 from app.domain.media.controllers import MediaController
 from app.domain.media.storage import MediaStorage
 from app.domain.realtime.controllers import realtime_socket, websocket_info
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     revocations.on_revoked(hub.close_revoked)
     recent_instances = RecentInstances(settings.app.webhook_instance_cache_s)
     webhook_bodies = WebhookBodies.from_settings(settings.app)
+    ingest_batcher = IngestBatcher(database.get_engine(), publisher, jobs)
 
     @asynccontextmanager
     async def realtime_lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -175,6 +177,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             restore_signals()
+            await ingest_batcher.drain()
             for task in background:
                 task.cancel()
             for task in background:
@@ -242,6 +245,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "verified_tokens": Provide(lambda: verified_tokens, use_cache=True, sync_to_thread=False),
             "recent_instances": Provide(lambda: recent_instances, use_cache=True, sync_to_thread=False),
             "webhook_bodies": Provide(lambda: webhook_bodies, use_cache=True, sync_to_thread=False),
+            "ingest_batcher": Provide(lambda: ingest_batcher, use_cache=True, sync_to_thread=False),
             "snapshots": Provide(lambda: snapshots, use_cache=True, sync_to_thread=False),
         },
         plugins=[

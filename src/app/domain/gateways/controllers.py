@@ -13,10 +13,9 @@ from app.domain.gateways.service import WebhookService
 from app.domain.gateways.webhook_body import WebhookBodies
 from app.domain.gateways.webhook_helpers import webhook_query
 from app.domain.gateways.webhook_throttle import webhook_throttle_of
-from app.domain.realtime.publisher import EventPublisher
+from app.domain.ingest.batcher import IngestBatcher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
-from app.lib.jobs import JobQueue
 from app.lib.openapi import problems
 from app.lib.throttle import client_address
 
@@ -48,8 +47,7 @@ class WebhookController(Controller):
         gateway: FromPath[str],
         instance: FromPath[str],
         db_session: DbSession,
-        publisher: NamedDependency[EventPublisher],
-        jobs: NamedDependency[JobQueue],
+        ingest_batcher: NamedDependency[IngestBatcher],
         recent_instances: NamedDependency[RecentInstances],
         webhook_bodies: NamedDependency[WebhookBodies],
     ) -> WebhookAck:
@@ -57,7 +55,7 @@ class WebhookController(Controller):
         async with webhook_throttle_of(request).judging(client_address(request), gateway, instance):
             query = webhook_query(request.query_params, request.scope["query_string"])
             head = WebhookHead(headers=request.headers, query=query)
-            result = await WebhookService(db_session, publisher, jobs, recent_instances).receive(
+            result = await WebhookService(db_session, ingest_batcher, recent_instances).receive(
                 gateway, instance, head, webhook_bodies.reader(request)
             )
         return WebhookAck(
