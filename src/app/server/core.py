@@ -39,6 +39,7 @@ from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.webhook_body import WebhookBodies
 from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
 from app.domain.ingest.batcher import IngestBatcher
+from app.domain.ingest.intake import WebhookIntake
 from app.domain.media.controllers import MediaController
 from app.domain.media.storage import MediaStorage
 from app.domain.realtime.controllers import realtime_socket, websocket_info
@@ -204,6 +205,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         settings.auth.login_account_window_s,
     )
     login_slots = LoginSlots(settings.auth.login_slots())
+    webhook_intake = WebhookIntake(
+        WebhookAuthThrottle(
+            throttle_redis, throttle_calls, prefix, settings.auth.webhook_auth_failures_per_minute
+        ),
+        recent_instances,
+        webhook_bodies,
+        ingest_batcher,
+        sessions,
+    )
     webhooks = Router(
         path="/",
         route_handlers=[WebhookController],
@@ -227,9 +237,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "page_cache": page_cache,
                 "verified_tokens": verified_tokens,
                 "login_throttle": login_throttle,
-                "webhook_throttle": WebhookAuthThrottle(
-                    throttle_redis, throttle_calls, prefix, settings.auth.webhook_auth_failures_per_minute
-                ),
+                "webhook_throttle": webhook_intake.throttle,
+                "webhook_intake": webhook_intake,
             }
         ),
         dependencies={
@@ -245,7 +254,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "verified_tokens": Provide(lambda: verified_tokens, use_cache=True, sync_to_thread=False),
             "recent_instances": Provide(lambda: recent_instances, use_cache=True, sync_to_thread=False),
             "webhook_bodies": Provide(lambda: webhook_bodies, use_cache=True, sync_to_thread=False),
-            "ingest_batcher": Provide(lambda: ingest_batcher, use_cache=True, sync_to_thread=False),
+            "webhook_intake": Provide(lambda: webhook_intake, use_cache=True, sync_to_thread=False),
             "snapshots": Provide(lambda: snapshots, use_cache=True, sync_to_thread=False),
         },
         plugins=[

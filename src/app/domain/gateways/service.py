@@ -9,6 +9,7 @@ body can verify is read within the gateway's limit and a bounded budget (`webhoo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -71,11 +72,16 @@ def _reject_foreign_accounts(instance: ReceivingInstance, events: list[GatewayEv
 class WebhookService:
     def __init__(
         self,
-        session: AsyncSession,
+        session: AsyncSession | None,
         batcher: IngestBatcher | None = None,
         recent: RecentInstances | None = None,
+        *,
+        sessions: Callable[[], AsyncSession] | None = None,
     ) -> None:
+        # A session of the caller's, or a maker to open one only when the instance must be looked up.
+        assert session is not None or sessions is not None
         self.session = session
+        self.sessions = sessions
         self._batcher = batcher
         self.recent = recent or RecentInstances(ttl_s=0)
 
@@ -94,14 +100,22 @@ class WebhookService:
         instance = self.recent.get(kind, instance_name)
         if instance is not None:
             return instance
-        instance = await find_receiving_instance(self.session, kind, instance_name)
-        # The lookup's transaction ends here: its connection goes back to the pool instead of waiting on
-        # an upload (a slow body must not hold a database connection).
-        await self.session.rollback()
+        instance = await self._look_up(kind, instance_name)
         if instance is None:
             raise WebhookTargetUnknown(f"unknown {gateway} instance '{instance_name}'")
         self.recent.put(instance)
         return instance
+
+    async def _look_up(self, kind: GatewayKind, instance_name: str) -> ReceivingInstance | None:
+        # The lookup's transaction ends here: its connection goes back to the pool instead of waiting on
+        # an upload (a slow body must not hold a database connection).
+        if self.session is not None:
+            found = await find_receiving_instance(self.session, kind, instance_name)
+            await self.session.rollback()
+            return found
+        assert self.sessions is not None
+        async with self.sessions() as session:
+            return await find_receiving_instance(session, kind, instance_name)
 
     async def receive(
         self,
