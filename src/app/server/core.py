@@ -61,6 +61,7 @@ from app.lib.throttle_calls import ThrottleCalls
 from app.server.fastpath import CachedPageFastPath
 from app.server.shedding import RefusedLoginShedding
 from app.server.signals import close_sockets_on_sigterm
+from app.server.webhook_path import WebhookPath
 
 log = structlog.get_logger()
 
@@ -116,12 +117,13 @@ def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
 
 
 def create_asgi(settings: Settings | None = None) -> CachedPageFastPath:
-    """The app uvicorn serves: Litestar behind the fast path for pages already in this process's memory and
-    the door that sheds logins from addresses already over their budget."""
+    """The app uvicorn serves: Litestar behind the fast path for pages already in this process's memory,
+    the door that sheds logins from addresses already over their budget, and the lean webhook path."""
     app = create_app(settings)
     state = app.state
     assert app.cors_config is not None
-    shedding = RefusedLoginShedding(app, state.login_throttle, app.cors_config)
+    webhooks = WebhookPath(app, app, state.webhook_intake)
+    shedding = RefusedLoginShedding(webhooks, state.login_throttle, app.cors_config)
     return CachedPageFastPath(shedding, state.page_cache, state.verified_tokens, app.cors_config)
 
 
