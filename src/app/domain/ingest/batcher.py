@@ -75,6 +75,11 @@ class _Waiting:
     future: asyncio.Future[Applied | RequestFailed]
 
 
+class ConnectionLost(ConnectionError):
+    """The batch's connection closed under its statement (Postgres stopped or the network cut): like every
+    OSError, the database is unavailable (app.lib.errors), so its requests get 503, not 500."""
+
+
 def unavailable() -> ProblemDetailsException:
     busy = problem(503, "database unavailable, retry later")
     busy.headers = {"Retry-After": DB_RETRY_AFTER_S}
@@ -133,7 +138,12 @@ class IngestBatcher:
                         )
                 if not isinstance(exc, Exception):
                     raise
-                log.error("ingest batch failed", error=type(exc).__name__, webhooks=len(batch), exc_info=exc)
+                if is_database_unavailable(exc):
+                    log.warning("ingest batch failed", error=type(exc).__name__, webhooks=len(batch))
+                else:
+                    log.error(
+                        "ingest batch failed", error=type(exc).__name__, webhooks=len(batch), exc_info=exc
+                    )
 
     async def _run(self, batch: list[_Waiting]) -> None:
         # One lock order for every batch of every process (ingest_batch.sql).
@@ -172,9 +182,13 @@ class IngestBatcher:
                     if is_database_unavailable(exc):
                         await conn.invalidate()
                     raise
-                except BaseException:
+                except BaseException as exc:
                     self.stats.failed_batches += 1
+                    closed = driver.is_closed()
                     await conn.invalidate()  # lost mid-statement: the pool must not hand it out again
+                    if closed and isinstance(exc, Exception):
+                        # asyncpg's "connection is closed" (an InterfaceError, no SQLSTATE): unavailable
+                        raise ConnectionLost(str(exc)) from exc
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
