@@ -166,7 +166,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     revocations.on_revoked(hub.close_revoked)
     recent_instances = RecentInstances(settings.app.webhook_instance_cache_s)
     webhook_bodies = WebhookBodies.from_settings(settings.app)
-    ingest_batcher = IngestBatcher(database.get_engine(), publisher, jobs)
+    ingest_batcher = IngestBatcher(
+        database.get_engine(), publisher, jobs, max_flights=max(1, settings.app.ingest_flights)
+    )
 
     @asynccontextmanager
     async def realtime_lifespan(_: Litestar) -> AsyncIterator[None]:

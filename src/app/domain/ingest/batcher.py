@@ -17,9 +17,15 @@ What each request is told (the guarantees of README "Guarantees"):
   Postgres down): nothing of it is half-written, the gateway retries and dedupe makes it once;
 - a deadlock or serialisation failure is applied again (same order), up to _MAX_ATTEMPTS.
 
-After the commit, in the flight, and before the requests are answered: one Redis pipeline publishes the
-whole batch's envelopes, version bumps and cache invalidations (EventPublisher.publish_batch), then the
-media jobs are enqueued.
+After the commit, and before its requests are answered: one Redis pipeline publishes the whole batch's
+envelopes, version bumps and cache invalidations (EventPublisher.publish_batch), then its media jobs are
+enqueued. That runs beside the flight, which takes the next batch at once (the connection is what is
+scarce), and each batch's publish waits for its predecessor's, so envelopes leave in commit order.
+
+Up to `max_flights` batches (INGEST_BATCH_FLIGHTS) are in flight at once, each on its own connection:
+one flight's latency (its statement, Postgres's WAL flush) would otherwise bound a process's throughput.
+Concurrent batches, here or in other processes, lock in one order (ingest_batch.sql); a deadlock left
+despite it (a webhook naming several chats) is applied again.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class BatchStats:
     largest: int = 0
     retries: int = 0
     failed_batches: int = 0
+    execute_s: float = 0.0
+    publish_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -93,10 +101,12 @@ class IngestBatcher:
     jobs: JobQueue | None = None
     max_requests: int = 64
     max_bytes: int = 8 * 1024 * 1024
-    max_flights: int = 2  # batches in flight at once, each on its own connection
+    max_flights: int = 4  # batches in flight at once, each on its own connection (INGEST_BATCH_FLIGHTS)
     stats: BatchStats = field(default_factory=BatchStats)
     _queue: deque[_Waiting] = field(default_factory=deque, repr=False)
     _flights: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    _after: set[asyncio.Future[None]] = field(default_factory=set, repr=False)
+    _publishing: asyncio.Future[None] | None = field(default=None, repr=False)
 
     async def apply(
         self, org_id: UUID, instance_id: UUID, events: Sequence[object]
@@ -154,15 +164,41 @@ class IngestBatcher:
         self.stats.batches += 1
         self.stats.webhooks += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
+        t0 = time.perf_counter()
         rows = await self._execute(now, arrays)
+        self.stats.execute_s += time.perf_counter() - t0
         answers = batch_rows.results(webhooks, rows, now)
-        published = await self._publish(webhooks, answers)
-        await self._enqueue_media(answers)
-        for waiting, answer in zip(batch, answers, strict=True):
-            if not waiting.future.done():
-                waiting.future.set_result(
-                    answer if isinstance(answer, RequestFailed) else Applied(answer, published)
-                )
+        # Committed. The flight takes the next batch at once; publishing and answering go on beside it,
+        # each batch's after its predecessor's, so envelopes leave in commit order.
+        previous, self._publishing = self._publishing, None
+        task = asyncio.ensure_future(self._after_commit(batch, webhooks, answers, previous))
+        self._publishing = task
+        self._after.add(task)
+        task.add_done_callback(self._after.discard)
+
+    async def _after_commit(
+        self,
+        batch: list[_Waiting],
+        webhooks: list[PreparedWebhook],
+        answers: list[IngestResult | RequestFailed],
+        previous: asyncio.Future[None] | None,
+    ) -> None:
+        published = False
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            started = time.perf_counter()
+            published = await self._publish(webhooks, answers)
+            await self._enqueue_media(answers)
+            self.stats.publish_s += time.perf_counter() - started
+        except Exception:  # committed whatever happens here: the requests are answered as stored
+            log.exception("ingest batch publish failed; catch-up will deliver")
+        finally:
+            for waiting, answer in zip(batch, answers, strict=True):
+                if not waiting.future.done():
+                    waiting.future.set_result(
+                        answer if isinstance(answer, RequestFailed) else Applied(answer, published)
+                    )
 
     async def _execute(self, now: datetime, arrays: list[list[object]]) -> list[asyncpg.Record]:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
@@ -223,5 +259,6 @@ class IngestBatcher:
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait for the flights under way (shutdown)."""
         deadline = time.monotonic() + timeout_s
-        while self._flights and time.monotonic() < deadline:
-            await asyncio.wait(set(self._flights), timeout=max(0.0, deadline - time.monotonic()))
+        while (self._flights or self._after) and time.monotonic() < deadline:
+            pending = set(self._flights) | set(self._after)
+            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
