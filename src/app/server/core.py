@@ -34,11 +34,11 @@ from app.domain.accounts.throttle import LoginThrottle
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
 from app.domain.conversations.reads import PageReader
-from app.domain.gateways.controllers import WebhookController
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.webhook_body import WebhookBodies
 from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
 from app.domain.ingest.batcher import IngestBatcher
+from app.domain.ingest.controllers import WebhookController
 from app.domain.ingest.intake import WebhookIntake
 from app.domain.media.controllers import MediaController
 from app.domain.media.storage import MediaStorage

@@ -19,11 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.domain.gateways.base import WebhookHead
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.schemas import WebhookAck
-from app.domain.gateways.service import WebhookService
 from app.domain.gateways.webhook_body import WebhookBodies
 from app.domain.gateways.webhook_helpers import webhook_query
 from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
 from app.domain.ingest.batcher import IngestBatcher
+from app.domain.ingest.service import WebhookService
 from app.lib.throttle import client_address
 
 

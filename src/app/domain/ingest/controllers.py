@@ -8,9 +8,9 @@ from app.domain.gateways.cloudapi.webhook import verify_subscription
 from app.domain.gateways.instances import credentials_of
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.schemas import WebhookAck
-from app.domain.gateways.service import WebhookService
 from app.domain.gateways.webhook_throttle import webhook_throttle_of
 from app.domain.ingest.intake import WebhookIntake
+from app.domain.ingest.service import WebhookService
 from app.lib.deps import DbSession
 from app.lib.errors import problem
 from app.lib.openapi import problems
