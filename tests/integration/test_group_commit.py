@@ -151,3 +151,25 @@ async def test_200_concurrent_webhooks_over_20_chats_on_two_processes_land_gaple
     for row in rows:
         assert row["seqs"] == list(range(1, 11)) and row["last_seq"] == 10, row
     assert "deadlock" not in logs.lower() or "ingest batch retried" in logs
+
+
+async def test_a_webhook_queued_as_the_last_flight_ends_is_not_left_waiting(
+    engine: AsyncEngine, session: AsyncSession
+):
+    tenant = await create_tenant(session)
+    instance = tenant.instance(GATEWAY)
+    batcher = IngestBatcher(engine, max_flights=1)
+    first = asyncio.ensure_future(
+        batcher.apply(tenant.org_id, instance.id, [text_message("5511944440000", "first")])
+    )
+    await asyncio.sleep(0)
+    (flight,) = batcher._flights
+    await first
+    await flight
+    # The state between a flight's end and its done-callback (which drops it from the set): it still
+    # counts in the set, finished. The next webhook must get a flight of its own, not wait for ever.
+    batcher._flights.add(flight)
+    second = await asyncio.wait_for(
+        batcher.apply(tenant.org_id, instance.id, [text_message("5511944440001", "second")]), 10
+    )
+    assert isinstance(second, Applied) and len(second.result.created) == 1

@@ -117,7 +117,9 @@ class IngestBatcher:
             return Applied(IngestResult(stale_statuses=webhook.stale, ignored=webhook.ignored), True)
         future: asyncio.Future[Applied | RequestFailed] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(webhook, future))
-        if len(self._flights) < self.max_flights:
+        # Count flights by their state, not the set: a flight that found the queue empty is done at once (no
+        # await between its last look and its end), while its done-callback leaves the set only later.
+        if sum(1 for flight in self._flights if not flight.done()) < self.max_flights:
             task = asyncio.create_task(self._fly())
             self._flights.add(task)
             task.add_done_callback(self._flights.discard)
