@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.server.core import create_asgi
-from app.server.webhook_path import WebhookPath, webhook_names
+from app.server.webhook_path import TEMPLATE, WebhookPath, webhook_names
 from tests.factories import create_tenant
 from tests.webhooks import fixture_for, signed_headers, with_message_id
 
@@ -107,6 +108,31 @@ async def test_the_lean_path_answers_as_litestar_does(
     lean_answer, litestar_answer = await _both(client, path, url, lambda n: (good_body, good_headers))
     assert lean_answer.status_code == litestar_answer.status_code == 429
     assert lean_answer.content == litestar_answer.content and "retry-after" in lean_answer.headers
+
+
+def _requests_counted(status: int) -> float:
+    labels = {"method": "POST", "path": TEMPLATE, "status_code": str(status), "app_name": "whatsapp_crm"}
+    return REGISTRY.get_sample_value("crm_http_requests_total", labels) or 0.0
+
+
+async def test_the_lean_path_counts_in_litestars_prometheus_series(
+    lean: tuple[Client, WebhookPath], session: AsyncSession
+):
+    client, path = lean
+    tenant = await create_tenant(session)
+    instance = tenant.instance("evolution")
+    base = fixture_for("evolution", "v2_messages_upsert_text", instance)
+    url = f"/api/webhooks/evolution/{instance.name}"
+    for n, enabled in enumerate((False, True)):  # Litestar's middleware first, then the lean path
+        path.enabled = enabled
+        body = json.dumps(with_message_id("evolution", base, f"COUNTED-{n}")).encode()
+        ok, refused = _requests_counted(200), _requests_counted(401)
+        assert (
+            await client.post(url, content=body, headers=signed_headers("evolution", body, instance))
+        ).status_code == 200
+        assert (await client.post(url, content=body, headers={"x-webhook-secret": "no"})).status_code == 401
+        assert (_requests_counted(200), _requests_counted(401)) == (ok + 1, refused + 1), enabled
+    path.enabled = True
 
 
 def test_only_webhook_posts_without_an_origin_take_the_lean_path():
