@@ -44,6 +44,7 @@ from litestar.plugins.problem_details import ProblemDetailsException
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.domain.conversations.ingest import IngestResult
+from app.domain.gateways.events import GatewayEvent
 from app.domain.ingest import batch_rows
 from app.domain.ingest.batch_rows import PreparedWebhook, RequestFailed
 from app.domain.realtime.events import Envelope, envelopes_for_ingest
@@ -109,10 +110,10 @@ class IngestBatcher:
     _publishing: asyncio.Future[None] | None = field(default=None, repr=False)
 
     async def apply(
-        self, org_id: UUID, instance_id: UUID, events: Sequence[object]
+        self, org_id: UUID, instance_id: UUID, events: Sequence[GatewayEvent]
     ) -> Applied | RequestFailed:
         """Queue one webhook's events and wait for its batch's commit (and publish)."""
-        webhook = batch_rows.prepare(org_id, instance_id, events, datetime.now(UTC))  # type: ignore[arg-type]
+        webhook = batch_rows.prepare(org_id, instance_id, events, datetime.now(UTC))
         if not webhook.rows:  # only ignored events or statuses that never apply: nothing to write
             return Applied(IngestResult(stale_statuses=webhook.stale, ignored=webhook.ignored), True)
         future: asyncio.Future[Applied | RequestFailed] = asyncio.get_running_loop().create_future()
