@@ -47,6 +47,7 @@ def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
         WEBHOOK_UNVERIFIED_READS=str(app.webhook_unverified_reads),
         WEBHOOK_UNVERIFIED_BYTES=str(app.webhook_unverified_bytes),
         WEBHOOK_INSTANCE_CACHE_SECONDS=str(app.webhook_instance_cache_s),
+        INGEST_BATCH_FLIGHTS=str(app.ingest_flights),
         LOG_LEVEL=app.log_level,
         LOG_FORMAT="json" if app.log_json else "console",
         DATABASE_URL=db.url,

@@ -230,6 +230,10 @@ class AppSettings:
     webhook_unverified_bytes: int = 48 * 1024 * 1024
     # How long a process trusts an instance a webhook found (secret, org): see gateways/recent_instances.py.
     webhook_instance_cache_s: float = 5.0
+    # Group commit (issue 13, domain/ingest/batcher.py): ingest batches in flight at once per process, each
+    # one statement and one transaction on a connection of its own; the webhooks arriving meanwhile wait
+    # for the next one.
+    ingest_flights: int = 4
     log_level: str = "INFO"
     log_json: bool = True
     metrics_token: str | None = field(default=None, repr=False)  # enables /metrics for this bearer token
@@ -321,6 +325,7 @@ class Settings:
                 webhook_instance_cache_s=float(
                     _env("WEBHOOK_INSTANCE_CACHE_SECONDS") or AppSettings.webhook_instance_cache_s
                 ),
+                ingest_flights=_env_int("INGEST_BATCH_FLIGHTS", AppSettings.ingest_flights),
                 log_level=_env("LOG_LEVEL", "INFO") or "INFO",
                 log_json=(_env("LOG_FORMAT", "json") == "json"),
                 metrics_token=_env("METRICS_TOKEN"),

@@ -41,6 +41,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import TooManyRequestsException
 from redis.asyncio import Redis
 
+from app.lib.redis_scripts import CoalescedScripts
 from app.lib.throttle_calls import ThrottleCalls
 
 WINDOW_S = 60
@@ -157,6 +158,7 @@ class ClientThrottle:
         refusal: str,
         window_s: int = WINDOW_S,
     ) -> None:
+        self._scripts = CoalescedScripts(redis)  # calls of requests arriving together share a round trip
         self._count = redis.register_script(_COUNT)
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
@@ -177,7 +179,9 @@ class ClientThrottle:
         if local.count > self.per_window:
             return local  # over the budget in this process alone, so in Redis too (module docstring)
         key = self._key(subject)
-        answer = await self._calls.run(lambda: self._count(keys=[key], args=[self._window_s]), self._root)
+        answer = await self._calls.run(
+            lambda: self._scripts.call(self._count, [key], [self._window_s]), self._root
+        )
         if answer is None:
             return None
         count, ttl = int(answer[0]), max(int(answer[1]), 0)  # TTL -2: the key is gone
@@ -202,7 +206,8 @@ class ClientThrottle:
         deadline = time.monotonic() + _SLOT_WAIT_S
         while True:
             answer = await self._calls.run(
-                lambda: self._reserve(keys=[key], args=[self.per_window, self._window_s]), self._root
+                lambda: self._scripts.call(self._reserve, [key], [self.per_window, self._window_s]),
+                self._root,
             )
             if answer is None:
                 return Reservation(None, key)
@@ -214,7 +219,7 @@ class ClientThrottle:
             await asyncio.sleep(_SLOT_POLL_S)  # in-flight attempts hold the budget: they settle in ms
 
     async def _settle_key(self, key: str, failed: bool) -> None:
-        await self._calls.run(lambda: self._settle(keys=[key], args=[int(failed)]), self._root)
+        await self._calls.run(lambda: self._scripts.call(self._settle, [key], [int(failed)]), self._root)
 
     def refused(self, resets_in_s: int) -> TooManyRequestsException:
         reset = str(max(resets_in_s, 1))

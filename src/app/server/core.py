@@ -34,10 +34,12 @@ from app.domain.accounts.throttle import LoginThrottle
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
 from app.domain.conversations.reads import PageReader
-from app.domain.gateways.controllers import WebhookController
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.webhook_body import WebhookBodies
 from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
+from app.domain.ingest.batcher import IngestBatcher
+from app.domain.ingest.controllers import WebhookController
+from app.domain.ingest.intake import WebhookIntake
 from app.domain.media.controllers import MediaController
 from app.domain.media.storage import MediaStorage
 from app.domain.realtime.controllers import realtime_socket, websocket_info
@@ -60,6 +62,7 @@ from app.server.fastpath import CachedPageFastPath
 from app.server.gc_tuning import settle_collector
 from app.server.shedding import RefusedLoginShedding
 from app.server.signals import close_sockets_on_sigterm
+from app.server.webhook_path import WebhookPath
 
 log = structlog.get_logger()
 
@@ -115,12 +118,13 @@ def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
 
 
 def create_asgi(settings: Settings | None = None) -> CachedPageFastPath:
-    """The app uvicorn serves: Litestar behind the fast path for pages already in this process's memory and
-    the door that sheds logins from addresses already over their budget."""
+    """The app uvicorn serves: Litestar behind the fast path for pages already in this process's memory,
+    the door that sheds logins from addresses already over their budget, and the lean webhook path."""
     app = create_app(settings)
     state = app.state
     assert app.cors_config is not None
-    shedding = RefusedLoginShedding(app, state.login_throttle, app.cors_config)
+    webhooks = WebhookPath(app, app, state.webhook_intake)
+    shedding = RefusedLoginShedding(webhooks, state.login_throttle, app.cors_config)
     return CachedPageFastPath(shedding, state.page_cache, state.verified_tokens, app.cors_config)
 
 
@@ -163,6 +167,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     revocations.on_revoked(hub.close_revoked)
     recent_instances = RecentInstances(settings.app.webhook_instance_cache_s)
     webhook_bodies = WebhookBodies.from_settings(settings.app)
+    ingest_batcher = IngestBatcher(
+        database.get_engine(), publisher, jobs, max_flights=max(1, settings.app.ingest_flights)
+    )
 
     @asynccontextmanager
     async def realtime_lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -177,6 +184,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             restore_signals()
+            await ingest_batcher.drain()
             for task in background:
                 task.cancel()
             for task in background:
@@ -203,6 +211,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         settings.auth.login_account_window_s,
     )
     login_slots = LoginSlots(settings.auth.login_slots())
+    webhook_intake = WebhookIntake(
+        WebhookAuthThrottle(
+            throttle_redis, throttle_calls, prefix, settings.auth.webhook_auth_failures_per_minute
+        ),
+        recent_instances,
+        webhook_bodies,
+        ingest_batcher,
+        sessions,
+    )
     webhooks = Router(
         path="/",
         route_handlers=[WebhookController],
@@ -226,9 +243,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "page_cache": page_cache,
                 "verified_tokens": verified_tokens,
                 "login_throttle": login_throttle,
-                "webhook_throttle": WebhookAuthThrottle(
-                    throttle_redis, throttle_calls, prefix, settings.auth.webhook_auth_failures_per_minute
-                ),
+                "webhook_throttle": webhook_intake.throttle,
+                "webhook_intake": webhook_intake,
             }
         ),
         dependencies={
@@ -244,6 +260,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "verified_tokens": Provide(lambda: verified_tokens, use_cache=True, sync_to_thread=False),
             "recent_instances": Provide(lambda: recent_instances, use_cache=True, sync_to_thread=False),
             "webhook_bodies": Provide(lambda: webhook_bodies, use_cache=True, sync_to_thread=False),
+            "webhook_intake": Provide(lambda: webhook_intake, use_cache=True, sync_to_thread=False),
             "snapshots": Provide(lambda: snapshots, use_cache=True, sync_to_thread=False),
         },
         plugins=[

@@ -4,19 +4,15 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from app.domain.gateways.base import WebhookHead
 from app.domain.gateways.cloudapi.webhook import verify_subscription
 from app.domain.gateways.instances import credentials_of
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.schemas import WebhookAck
-from app.domain.gateways.service import WebhookService
-from app.domain.gateways.webhook_body import WebhookBodies
-from app.domain.gateways.webhook_helpers import webhook_query
 from app.domain.gateways.webhook_throttle import webhook_throttle_of
-from app.domain.realtime.publisher import EventPublisher
+from app.domain.ingest.intake import WebhookIntake
+from app.domain.ingest.service import WebhookService
 from app.lib.deps import DbSession
 from app.lib.errors import problem
-from app.lib.jobs import JobQueue
 from app.lib.openapi import problems
 from app.lib.throttle import client_address
 
@@ -47,26 +43,10 @@ class WebhookController(Controller):
         request: Request,
         gateway: FromPath[str],
         instance: FromPath[str],
-        db_session: DbSession,
-        publisher: NamedDependency[EventPublisher],
-        jobs: NamedDependency[JobQueue],
-        recent_instances: NamedDependency[RecentInstances],
-        webhook_bodies: NamedDependency[WebhookBodies],
+        webhook_intake: NamedDependency[WebhookIntake],
     ) -> WebhookAck:
-        # No body parameter: the service reads it (webhook_body) only once the headers let it.
-        async with webhook_throttle_of(request).judging(client_address(request), gateway, instance):
-            query = webhook_query(request.query_params, request.scope["query_string"])
-            head = WebhookHead(headers=request.headers, query=query)
-            result = await WebhookService(db_session, publisher, jobs, recent_instances).receive(
-                gateway, instance, head, webhook_bodies.reader(request)
-            )
-        return WebhookAck(
-            status="ok",
-            created=len(result.created),
-            duplicates=result.duplicates,
-            statuses=len(result.statuses),
-            ignored=result.ignored,
-        )
+        # The same use case the lean ASGI path (app.server.webhook_path) runs for most webhooks.
+        return await webhook_intake.receive(request, gateway, instance)
 
     @get(
         "/{gateway:str}/{instance:str}",

@@ -1,4 +1,5 @@
-"""Receiving a webhook: find the instance, verify, parse, apply in one transaction, commit.
+"""Receiving a webhook: find the instance, verify, parse, apply with the webhooks arriving meanwhile
+(group commit, issue 13: app.domain.ingest.batcher), answer after that commit.
 
 The body is read only once the instance is found and what headers and URL can prove is verified, so a
 forgery with a wrong or missing header secret, or for an unknown instance, costs no upload; a body only the
@@ -8,13 +9,13 @@ body can verify is read within the gateway's limit and a bounded budget (`webhoo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import GatewayKind
-from app.domain.conversations.ingest import IngestResult, IngestService
+from app.domain.conversations.ingest import IngestResult
 from app.domain.gateways.base import WebhookHead, WebhookRequest, WebhookTargetUnknown
 from app.domain.gateways.events import GatewayEvent, IgnoredEvent
 from app.domain.gateways.instances import (
@@ -26,24 +27,15 @@ from app.domain.gateways.instances import (
 from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.registry import get_adapter
 from app.domain.gateways.webhook_body import ReadBody
-from app.domain.realtime.events import envelopes_for_ingest
-from app.domain.realtime.publisher import EventPublisher
+from app.domain.ingest.batch_rows import RequestFailed
+from app.domain.ingest.batcher import IngestBatcher
 from app.domain.stats.ingest import INGEST
 from app.lib import metrics
 from app.lib.errors import problem
-from app.lib.jobs import JobQueue, media_job_id
 
 log = structlog.get_logger()
 
-# Postgres aborts one side of a deadlock / serialisation conflict; the webhook is simply applied again.
-_RETRYABLE_SQLSTATES = {"40P01", "40001"}
 _FOREIGN_KEY_VIOLATION = "23503"  # the instance was deleted after it was looked up (RecentInstances)
-_MAX_ATTEMPTS = 3
-
-
-def _sqlstate(exc: DBAPIError) -> str | None:
-    orig = exc.orig
-    return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
 
 
 def _refuse_unconfigured(instance: ReceivingInstance) -> None:
@@ -80,15 +72,23 @@ def _reject_foreign_accounts(instance: ReceivingInstance, events: list[GatewayEv
 class WebhookService:
     def __init__(
         self,
-        session: AsyncSession,
-        publisher: EventPublisher | None = None,
-        jobs: JobQueue | None = None,
+        session: AsyncSession | None,
+        batcher: IngestBatcher | None = None,
         recent: RecentInstances | None = None,
+        *,
+        sessions: Callable[[], AsyncSession] | None = None,
     ) -> None:
+        # A session of the caller's, or a maker to open one only when the instance must be looked up.
+        assert session is not None or sessions is not None
         self.session = session
-        self.publisher = publisher
-        self.jobs = jobs
+        self.sessions = sessions
+        self._batcher = batcher
         self.recent = recent or RecentInstances(ttl_s=0)
+
+    @property
+    def batcher(self) -> IngestBatcher:
+        assert self._batcher is not None, "receiving webhooks needs the process's IngestBatcher"
+        return self._batcher
 
     async def find_instance(self, gateway: str, instance_name: str) -> ReceivingInstance:
         try:
@@ -100,14 +100,22 @@ class WebhookService:
         instance = self.recent.get(kind, instance_name)
         if instance is not None:
             return instance
-        instance = await find_receiving_instance(self.session, kind, instance_name)
-        # The lookup's transaction ends here: its connection goes back to the pool instead of waiting on
-        # an upload (a slow body must not hold a database connection).
-        await self.session.rollback()
+        instance = await self._look_up(kind, instance_name)
         if instance is None:
             raise WebhookTargetUnknown(f"unknown {gateway} instance '{instance_name}'")
         self.recent.put(instance)
         return instance
+
+    async def _look_up(self, kind: GatewayKind, instance_name: str) -> ReceivingInstance | None:
+        # The lookup's transaction ends here: its connection goes back to the pool instead of waiting on
+        # an upload (a slow body must not hold a database connection).
+        if self.session is not None:
+            found = await find_receiving_instance(self.session, kind, instance_name)
+            await self.session.rollback()
+            return found
+        assert self.sessions is not None
+        async with self.sessions() as session:
+            return await find_receiving_instance(session, kind, instance_name)
 
     async def receive(
         self,
@@ -131,69 +139,44 @@ class WebhookService:
         _refuse_unconfigured(instance)
         events = adapter.parse(body)
         _reject_foreign_accounts(instance, events)
-        org_id, instance_id = instance.org_id, instance.id
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            started = time.perf_counter()
-            try:
-                result = await IngestService(self.session).apply(
-                    org_id=org_id, instance_id=instance_id, events=events
-                )
-                # Explicit commit before the 2xx (invariant 1): a failed commit must surface as an error.
-                await self.session.commit()
-            except DBAPIError as exc:
-                await self.session.rollback()
-                if isinstance(exc, IntegrityError) and _sqlstate(exc) == _FOREIGN_KEY_VIOLATION:
-                    self.recent.forget(instance.gateway, instance.name)
-                    raise WebhookTargetUnknown(f"unknown {gateway} instance '{instance_name}'") from None
-                if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < _MAX_ATTEMPTS:
-                    log.warning("webhook transaction retried", sqlstate=_sqlstate(exc), attempt=attempt)
-                    continue
-                raise
-            metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
-            metrics.WEBHOOKS.labels(gateway).inc()
-            metrics.MESSAGES_PERSISTED.labels(gateway).inc(len(result.created))
-            metrics.DUPLICATES.labels(gateway).inc(result.duplicates)
-            INGEST.record(
-                gateway,
-                persisted=len(result.created),
-                duplicates=result.duplicates,
-                statuses=len(result.statuses),
-                seconds=time.perf_counter() - started,
-            )
-            # After the commit, never inside it (invariant 4); a failed publish is caught up from Postgres.
-            published = (
-                await self.publisher.publish(org_id, envelopes_for_ingest(result))
-                if self.publisher
-                else False
-            )
-            # Media is fetched and processed by the media worker, never here (design card); a job that could
-            # not be enqueued is found by the worker's sweep of pending media.
-            if self.jobs is not None:
-                for stored in result.created:
-                    if stored.media_id is not None:
-                        await self.jobs.enqueue(
-                            "process_media",
-                            str(stored.media_id),
-                            job_id=media_job_id(stored.media_id),
-                            queue=self.jobs.media_queue_name,
-                        )
+        started = time.perf_counter()
+        # Group commit (issue 13): applied with the webhooks that arrived meanwhile, in one transaction;
+        # answered after that commit and the batch's publish (app.domain.ingest.batcher).
+        answer = await self.batcher.apply(instance.org_id, instance.id, events)
+        if isinstance(answer, RequestFailed):
+            if answer.sqlstate == _FOREIGN_KEY_VIOLATION:  # the instance was deleted after it was looked up
+                self.recent.forget(instance.gateway, instance.name)
+                raise WebhookTargetUnknown(f"unknown {gateway} instance '{instance_name}'")
+            log.error("webhook refused by the database", sqlstate=answer.sqlstate, error=answer.error)
+            raise problem(500, "internal error")
+        result, published = answer.result, answer.published
+        metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
+        metrics.WEBHOOKS.labels(gateway).inc()
+        metrics.MESSAGES_PERSISTED.labels(gateway).inc(len(result.created))
+        metrics.DUPLICATES.labels(gateway).inc(result.duplicates)
+        INGEST.record(
+            gateway,
+            persisted=len(result.created),
+            duplicates=result.duplicates,
+            statuses=len(result.statuses),
+            seconds=time.perf_counter() - started,
+        )
+        log.info(
+            "webhook committed",
+            gateway=gateway,
+            instance=instance_name,
+            created=len(result.created),
+            duplicates=result.duplicates,
+            statuses=len(result.statuses),
+            ignored=result.ignored,
+            published=published,
+        )
+        for stored in result.created:
             log.info(
-                "webhook committed",
-                gateway=gateway,
-                instance=instance_name,
-                created=len(result.created),
-                duplicates=result.duplicates,
-                statuses=len(result.statuses),
-                ignored=result.ignored,
+                "message persisted and notified",
+                message_id=str(stored.id),
+                conversation_id=str(stored.conversation_id),
+                seq=stored.seq,
                 published=published,
             )
-            for stored in result.created:
-                log.info(
-                    "message persisted and notified",
-                    message_id=str(stored.id),
-                    conversation_id=str(stored.conversation_id),
-                    seq=stored.seq,
-                    published=published,
-                )
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
+        return result
