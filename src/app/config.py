@@ -225,10 +225,10 @@ class AppSettings:
     webhook_cloudapi_max_body_bytes: int = 1024 * 1024
     # Bodies read before the request is verified (Cloud API's signature, Evolution's in-body apikey), per
     # process: at most this many at once and this many bytes (Content-Length, else the gateway's limit);
-    # the rest wait briefly, then 503 + Retry-After (see gateways/webhook_body.py).
+    # the rest wait briefly, then 503 + Retry-After (see ingest/bodies.py).
     webhook_unverified_reads: int = 16
     webhook_unverified_bytes: int = 48 * 1024 * 1024
-    # How long a process trusts an instance a webhook found (secret, org): see gateways/recent_instances.py.
+    # How long a process trusts an instance a webhook found (secret, org): see ingest/recent_instances.py.
     webhook_instance_cache_s: float = 5.0
     # Group commit (issue 13, domain/ingest/batcher.py): ingest batches in flight at once per process, each
     # one statement and one transaction on a connection of its own; the webhooks arriving meanwhile wait

@@ -1,5 +1,5 @@
 """Each API process remembers the instances recent webhooks found for WEBHOOK_INSTANCE_CACHE_SECONDS
-(gateways/recent_instances.py): a change to an instance reaches it within that time, never later, and an
+(ingest/recent_instances.py): a change to an instance reaches it within that time, never later, and an
 instance deleted meanwhile answers 404 with nothing stored."""
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ duplicate and each refusal — and serves only what it should."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -27,8 +28,13 @@ SIGNATURE = "sha256=" + "0" * 64  # well formed, wrong: judged only once the bod
 
 @pytest.fixture
 async def lean(settings: Settings) -> AsyncIterator[tuple[Client, WebhookPath]]:
-    # Five failed verifications (or unknown names) a minute, so the 429 is reachable.
-    tight = replace(settings, auth=replace(settings.auth, webhook_auth_failures_per_minute=5))
+    # Five failed verifications (or unknown names) a minute, so the 429 is reachable; budgets of its own (the
+    # run's other tests fail verifications from the same test client address under the shared prefix).
+    tight = replace(
+        settings,
+        auth=replace(settings.auth, webhook_auth_failures_per_minute=5),
+        redis=replace(settings.redis, key_prefix=f"crm-lean-{secrets.token_hex(4)}"),
+    )
     asgi = create_asgi(tight)
     path = asgi.app.app  # CachedPageFastPath → RefusedLoginShedding → WebhookPath → Litestar
     assert isinstance(path, WebhookPath)

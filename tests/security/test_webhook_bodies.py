@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db.models import Media, Message, WhatsAppInstance
 from app.domain.conversations.storable import MAX_TEXT_CHARS, TRUNCATION_MARKER
-from app.domain.gateways.webhook_body import UNVERIFIED_READ_WAIT_S
+from app.domain.ingest.bodies import UNVERIFIED_READ_WAIT_S
 from tests.factories import create_tenant
 from tests.kit.measure import MiB, RssSampler, cpu_seconds, rss_bytes
 from tests.process_rig import ApiProcess, api_processes, env_for

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.config import Settings
 from app.db.models import WhatsAppInstance
 from app.domain.gateways.base import WebhookUnauthorized
-from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
+from app.domain.ingest.throttle import WebhookAuthThrottle
 from app.lib.throttle_calls import ThrottleCalls
 from app.server.core import create_app
 from tests.factories import create_tenant

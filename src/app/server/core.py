@@ -34,12 +34,12 @@ from app.domain.accounts.throttle import LoginThrottle
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.controllers import ConversationController
 from app.domain.conversations.reads import PageReader
-from app.domain.gateways.recent_instances import RecentInstances
-from app.domain.gateways.webhook_body import WebhookBodies
-from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
 from app.domain.ingest.batcher import IngestBatcher
+from app.domain.ingest.bodies import WebhookBodies
 from app.domain.ingest.controllers import WebhookController
 from app.domain.ingest.intake import WebhookIntake
+from app.domain.ingest.recent_instances import RecentInstances
+from app.domain.ingest.throttle import WebhookAuthThrottle
 from app.domain.media.controllers import MediaController
 from app.domain.media.storage import MediaStorage
 from app.domain.realtime.controllers import realtime_socket, websocket_info
@@ -223,7 +223,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     webhooks = Router(
         path="/",
         route_handlers=[WebhookController],
-        request_max_body_size=webhook_bodies.largest_limit,  # each gateway's own limit: webhook_body.py
+        request_max_body_size=webhook_bodies.largest_limit,  # each gateway's own limit: ingest/bodies.py
     )
     app = Litestar(
         route_handlers=[

@@ -58,7 +58,7 @@ class WebhookHead:
 class WebhookRequest(WebhookHead):
     """The parts of an HTTP request an adapter may look at, body included."""
 
-    # `verify` sees the unverified body in the one buffer it was read into (webhook_body), never a copy.
+    # `verify` sees the unverified body in the one buffer it was read into (ingest.bodies), never a copy.
     body: bytes | bytearray
 
 

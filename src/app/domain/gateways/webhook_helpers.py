@@ -23,7 +23,7 @@ from app.domain.gateways.base import WebhookHead, WebhookRejected, WebhookUnauth
 from app.lib.query_token import TOKEN, AmbiguousQueryToken, query_token
 
 T = TypeVar("T")
-# What the decoders take: a body (a bytearray while it is still unverified, app.domain.gateways.webhook_body)
+# What the decoders take: a body (a bytearray while it is still unverified, app.domain.ingest.bodies)
 # or a Raw slice of one.
 JsonPayload = bytes | bytearray | msgspec.Raw
 

@@ -6,11 +6,11 @@ from litestar.params import FromPath
 
 from app.domain.gateways.cloudapi.webhook import verify_subscription
 from app.domain.gateways.instances import credentials_of
-from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.schemas import WebhookAck
-from app.domain.gateways.webhook_throttle import webhook_throttle_of
 from app.domain.ingest.intake import WebhookIntake
+from app.domain.ingest.recent_instances import RecentInstances
 from app.domain.ingest.service import WebhookService
+from app.domain.ingest.throttle import webhook_throttle_of
 from app.lib.deps import DbSession
 from app.lib.errors import problem
 from app.lib.openapi import problems
@@ -19,7 +19,7 @@ from app.lib.throttle import client_address
 
 class WebhookController(Controller):
     """Gateways post here. Not behind JWT: each request is verified by its instance's secret or signature;
-    an (address, instance) pair failing verification too often is refused for a while (`webhook_throttle`)."""
+    an (address, instance) pair failing verification too often is refused for a while (`ingest.throttle`)."""
 
     path = "/api/webhooks"
     tags = ["webhooks"]

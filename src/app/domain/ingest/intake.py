@@ -1,6 +1,6 @@
 """A webhook request, end to end, as one use case the Litestar route and the lean ASGI path both call
-(issue 13): judge the (address, instance) pair (webhook_throttle) → find the instance (RecentInstances,
-else Postgres) → verify what the head proves → read the body within its limits (webhook_body) → parse →
+(issue 13): judge the (address, instance) pair (ingest.throttle) → find the instance (RecentInstances,
+else Postgres) → verify what the head proves → read the body within its limits (ingest.bodies) → parse →
 apply with the webhooks arriving meanwhile (IngestBatcher) → the acknowledgement, after that commit.
 
 Both callers run exactly this, so the checks cannot drift apart; they differ only in how the answer (or the
@@ -17,13 +17,13 @@ from litestar import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.gateways.base import WebhookHead
-from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.schemas import WebhookAck
-from app.domain.gateways.webhook_body import WebhookBodies
 from app.domain.gateways.webhook_helpers import webhook_query
-from app.domain.gateways.webhook_throttle import WebhookAuthThrottle
 from app.domain.ingest.batcher import IngestBatcher
+from app.domain.ingest.bodies import WebhookBodies
+from app.domain.ingest.recent_instances import RecentInstances
 from app.domain.ingest.service import WebhookService
+from app.domain.ingest.throttle import WebhookAuthThrottle
 from app.lib.throttle import client_address
 
 
@@ -38,7 +38,7 @@ class WebhookIntake:
     sessions: Callable[[], AsyncSession]  # only for an instance not in `recent`
 
     async def receive(self, request: Request[Any, Any, Any], gateway: str, instance: str) -> WebhookAck:
-        # No body parameter: the service reads it (webhook_body) only once the headers let it.
+        # No body parameter: the service reads it (ingest.bodies) only once the headers let it.
         async with self.throttle.judging(client_address(request), gateway, instance):
             query = webhook_query(request.query_params, request.scope["query_string"])
             head = WebhookHead(headers=request.headers, query=query)

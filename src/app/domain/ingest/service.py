@@ -3,7 +3,7 @@
 
 The body is read only once the instance is found and what headers and URL can prove is verified, so a
 forgery with a wrong or missing header secret, or for an unknown instance, costs no upload; a body only the
-body can verify is read within the gateway's limit and a bounded budget (`webhook_body`, issue 12).
+body can verify is read within the gateway's limit and a bounded budget (`ingest.bodies`, issue 12).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from app.domain.gateways.instances import (
     find_receiving_instance,
     is_instance_name,
 )
-from app.domain.gateways.recent_instances import RecentInstances
 from app.domain.gateways.registry import get_adapter
-from app.domain.gateways.webhook_body import ReadBody
 from app.domain.ingest.batch_rows import RequestFailed
 from app.domain.ingest.batcher import IngestBatcher
+from app.domain.ingest.bodies import ReadBody
+from app.domain.ingest.recent_instances import RecentInstances
 from app.domain.stats.ingest import INGEST
 from app.lib import metrics
 from app.lib.errors import problem
@@ -134,7 +134,7 @@ class WebhookService:
         def verify(body: bytearray) -> None:
             adapter.verify(WebhookRequest(headers=head.headers, query=head.query, body=body), credentials)
 
-        # Not verified by its headers: read under the unverified budget and verified there (webhook_body).
+        # Not verified by its headers: read under the unverified budget and verified there (ingest.bodies).
         body = await read_body(instance.gateway, None if verified else verify)
         _refuse_unconfigured(instance)
         events = adapter.parse(body)
