@@ -48,6 +48,7 @@ from app.domain.stats.controllers import StatsController
 from app.domain.stats.health import HealthController
 from app.domain.stats.process import ProcessSnapshots
 from app.lib.dbstats import count_queries
+from app.lib.driver_sql import DriverConnections
 from app.lib.errors import is_database_unavailable, problem_details_config, server_error_handlers
 from app.lib.jobs import ArqPlugin, JobQueue
 from app.lib.json_requests import JsonDepthGuardedRequest
@@ -143,7 +144,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     jwt_auth = build_jwt_auth(settings, verified_tokens)
     token_issuer = TokenIssuer(settings.auth)
     page_cache = PageCache(redis, CacheKeys(prefix), settings.cache)
-    pages = PageReader(page_cache, sessions)
+    pages = PageReader(page_cache, DriverConnections(database.get_engine()))
     media_storage = MediaStorage.from_url(settings.media.storage_url)
     publisher = EventPublisher(redis, prefix, page_cache)
     jobs = JobQueue(settings.redis.url, prefix)
