@@ -21,7 +21,8 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from app.lib.dbstats import QueryCounter
 from app.lib.errors import is_database_unavailable
@@ -32,7 +33,7 @@ class DriverConnection:
 
     __slots__ = ("_pooled", "_raw")
 
-    def __init__(self, pooled: AsyncConnection, raw: asyncpg.Connection) -> None:
+    def __init__(self, pooled: PoolProxiedConnection, raw: asyncpg.Connection) -> None:
         self._pooled = pooled
         self._raw = raw
 
@@ -44,11 +45,11 @@ class DriverConnection:
         except asyncpg.PostgresError as exc:
             if not (is_database_unavailable(exc) or self._raw.is_closed()):
                 raise  # the statement failed; the connection is fine
-            await self._pooled.invalidate(exc)  # never lend this connection again
+            self._pooled.invalidate(exc)  # never lend this connection again
             raise OperationalError(None, None, exc, connection_invalidated=True) from exc
         except BaseException as exc:
             # Lost, cancelled or timed out mid-statement: its state is unknown, so it leaves the pool.
-            await self._pooled.invalidate(exc if isinstance(exc, Exception) else None)
+            self._pooled.invalidate(exc if isinstance(exc, Exception) else None)
             if isinstance(exc, (asyncpg.InterfaceError, OSError)):
                 raise OperationalError(None, None, exc, connection_invalidated=True) from exc
             raise
@@ -62,10 +63,15 @@ class DriverConnections:
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[DriverConnection]:
-        async with self.engine.connect() as pooled:
-            raw = (await pooled.get_raw_connection()).driver_connection
+        # The pool's own connection record, without a Connection object around it: checkout, and a checkin
+        # whose reset is a no-op (no transaction was begun); invalidate() closes it without awaiting.
+        pooled = await self.engine.raw_connection()
+        try:
+            raw = pooled.driver_connection
             assert isinstance(raw, asyncpg.Connection)
             yield DriverConnection(pooled, raw)
+        finally:
+            pooled.close()
 
 
 __all__ = ["DriverConnection", "DriverConnections"]
