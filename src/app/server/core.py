@@ -121,7 +121,7 @@ def create_asgi(settings: Settings | None = None) -> CachedPageFastPath:
     state = app.state
     assert app.cors_config is not None
     shedding = RefusedLoginShedding(app, state.login_throttle, app.cors_config)
-    return CachedPageFastPath(shedding, state.page_cache, state.verified_tokens, app.cors_config)
+    return CachedPageFastPath(shedding, state.page_cache, state.verified_tokens, app.cors_config, state.pages)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -223,6 +223,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State(
             {
                 "page_cache": page_cache,
+                "pages": pages,
                 "verified_tokens": verified_tokens,
                 "login_throttle": login_throttle,
                 "webhook_throttle": WebhookAuthThrottle(
