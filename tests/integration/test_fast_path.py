@@ -16,11 +16,13 @@ import pytest
 from litestar import Litestar
 from litestar.security.jwt import Token
 from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from app.config import Settings
 from app.domain.accounts.auth import VerifiedTokens, agent_from_token
 from app.domain.accounts.revocations import TokenRevocations
+from app.domain.conversations.cache import CacheKeys
 from app.server.core import create_asgi
 from app.server.fastpath import CachedPageFastPath
 from app.server.shedding import RefusedLoginShedding
@@ -230,6 +232,28 @@ async def test_a_read_the_fast_path_cannot_answer_goes_to_litestar_as_it_was(
             answers.append(response.json())
     assert all(answer == answers[0] for answer in answers)  # another org's id is no different from none
     assert asgi.loaded == loaded
+
+
+async def test_a_first_read_answered_by_the_fast_path_is_in_redis_once_the_request_ended(
+    fast: tuple[Client, CachedPageFastPath],
+    engine: AsyncEngine,
+    session: AsyncSession,
+    redis: Redis,
+    settings: Settings,
+):
+    client, asgi = fast
+    tenant, _ = await chat(engine, session)
+    auth = await login(client, tenant.agent.email)
+    conversation_id = (await client.get(f"{INBOX}?limit=3", headers=auth)).json()["items"][0]["id"]
+    loaded = asgi.loaded
+    response = await client.get(f"/api/whatsapp-optimized/messages/{conversation_id}", headers=auth)
+    assert response.status_code == 200
+    assert asgi.loaded == loaded + 1
+    keys = CacheKeys(settings.redis.key_prefix)
+    stored = await redis.get(
+        keys.page_key(keys.messages_scope(tenant.org_id, UUID(conversation_id)), "latest:50")
+    )
+    assert stored is not None and stored.endswith(response.content)
 
 
 def _revocations(settings: Settings) -> TokenRevocations:

@@ -63,14 +63,19 @@ class CachedPageFastPath:
                     await self._answer(scope, page, send, request_id_of(scope))
                     return
                 request_id = request_id_of(scope)
+                deferred: list[Awaitable[None]] = []  # the page's store in Redis, after the answer
                 try:
                     with structlog.contextvars.bound_contextvars(request_id=request_id):
-                        page = await self._load(org_id, request)
+                        page = await self._load(org_id, request, deferred)
                 except Exception:  # nothing sent yet: Litestar reads again and answers as it always does
                     page = None
                 if page is not None:
                     self.loaded += 1
-                    await self._answer(scope, page, send, request_id)
+                    try:
+                        await self._answer(scope, page, send, request_id)
+                    finally:
+                        for store in deferred:
+                            await store
                     return
         await self.app(scope, receive, send)
 
@@ -107,15 +112,20 @@ class CachedPageFastPath:
         scope = keys.messages_scope(org_id, request.conversation_id)
         return self.cache.peek(scope, latest_variant(request.limit))
 
-    async def _load(self, org_id: UUID, request: HistoryRead | InboxRead) -> bytes:
+    async def _load(
+        self, org_id: UUID, request: HistoryRead | InboxRead, deferred: list[Awaitable[None]]
+    ) -> bytes:
         if isinstance(request, InboxRead):
-            return await self.pages.conversations(org_id, _NO_FILTERS, request.cursor, request.limit)
+            return await self.pages.conversations(
+                org_id, _NO_FILTERS, request.cursor, request.limit, deferred
+            )
         return await self.pages.messages(
             org_id,
             request.conversation_id,
             before_seq=request.before_seq,
             after_seq=request.after_seq,
             limit=request.limit,
+            deferred=deferred,
         )
 
     async def _answer(self, scope: Scope, page: bytes, send: Send, request_id: str) -> None:

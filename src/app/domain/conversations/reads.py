@@ -7,6 +7,7 @@ through plain asyncpg statements (read_sql), not an ORM session (issue 13, item 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from uuid import UUID
 
 import msgspec
@@ -35,7 +36,12 @@ class PageReader:
         self.connections = connections
 
     async def conversations(
-        self, org_id: UUID, filters: ConversationFilters, cursor: ActivityCursor | None, limit: int
+        self,
+        org_id: UUID,
+        filters: ConversationFilters,
+        cursor: ActivityCursor | None,
+        limit: int,
+        deferred: list[Awaitable[None]] | None = None,
     ) -> bytes:
         async def load() -> bytes:
             async with self.connections() as conn:
@@ -53,7 +59,7 @@ class PageReader:
         if cursor is not None:
             return await load()
         variant = inbox_variant(filters, limit)
-        return await self.cache.get_or_load(self.cache.keys.inbox_scope(org_id), variant, load)
+        return await self.cache.get_or_load(self.cache.keys.inbox_scope(org_id), variant, load, deferred)
 
     async def messages(
         self,
@@ -63,7 +69,10 @@ class PageReader:
         before_seq: int | None = None,
         after_seq: int | None = None,
         limit: int,
+        deferred: list[Awaitable[None]] | None = None,
     ) -> bytes:
+        """`deferred`: see PageCache.get_or_load (the fast path answers before the Redis store)."""
+
         async def load() -> bytes:
             async with self.connections() as conn:
                 page = await history_page(
@@ -74,4 +83,4 @@ class PageReader:
         if before_seq is not None or after_seq is not None:
             return await load()
         scope = self.cache.keys.messages_scope(org_id, conversation_id)
-        return await self.cache.get_or_load(scope, latest_variant(limit), load)
+        return await self.cache.get_or_load(scope, latest_variant(limit), load, deferred)
