@@ -3,9 +3,10 @@ clients, per way the page is found, each next to the least that way could cost, 
 
   cached (L1)        the latest page, repeated: process memory    vs a raw ASGI endpoint answering the bytes
   cached (L2)        the latest page from Redis (L1 budget 1 B)   vs a raw Redis MGET of the same two keys
-  uncached window    `?before_seq=` the page before the latest     vs raw asyncpg running the same two queries
+  uncached window    `?before_seq=` the page before the latest     vs raw asyncpg running the same statement
   first read         a conversation nobody read (L1, L2 miss)      vs raw asyncpg, latest page, same
                                                                      (distinct conversations)
+  uncached inbox     `?cursor=` the inbox's second page            vs raw asyncpg running the same statement
 
 The data: one conversation of 120 messages and many of 3, set-based SQL (tests.bench.read's seed), in an
 organisation of its own.
@@ -28,22 +29,27 @@ import httpx
 from redis.asyncio import Redis
 
 from app.domain.conversations.cache import CacheKeys
+from app.domain.conversations.read_sql import HISTORY_BEFORE, HISTORY_LATEST, inbox_sql
+from app.lib.pagination import ActivityCursor
 from tests.bench.read import PAGE_LIMIT, GetConnection, _seed
 from tests.bench.realtime_clients import percentile_ms, quiet_gc
-from tests.bench.world import PAGE_PATH, World, api_server, find_key, raw_server, spawned, wait_ready
+from tests.bench.world import (
+    INBOX_PATH,
+    PAGE_PATH,
+    World,
+    api_server,
+    find_key,
+    raw_server,
+    spawned,
+    wait_ready,
+)
 from tests.databases import plain_dsn
 from tests.process_rig import ApiProcess
 
-# What MessageService.history sends: the conversation's last_seq (org-scoped), then the window with media.
-SQL_LAST_SEQ = "SELECT last_seq FROM conversations WHERE id = $1 AND org_id = $2"
-SQL_LATEST = (
-    "SELECT m.*, md.* FROM messages m LEFT OUTER JOIN media md ON md.message_id = m.id "
-    "WHERE m.conversation_id = $1 ORDER BY m.seq DESC LIMIT $2"
-)
-SQL_BEFORE = (
-    "SELECT m.*, md.* FROM messages m LEFT OUTER JOIN media md ON md.message_id = m.id "
-    "WHERE m.conversation_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
-)
+# The baselines run the statements the API itself sends (app.domain.conversations.read_sql), imported so
+# they cannot drift: a history window is one statement (the org-scoped conversation row with its window
+# joined laterally), an inbox page one keyset scan. Before issue 13 the ORM sent two for history
+# (last_seq, then the window) inside BEGIN … ROLLBACK.
 # The seed's claim: responses from 200-500 ms (polling design) to 50-100 ms.
 SEED_CLAIM = "200-500 ms -> 50-100 ms"
 
@@ -173,6 +179,11 @@ async def run(
             before = max(1, last_seq - PAGE_LIMIT + 1)
             window_path = f"{latest_path}?before_seq={before}"
             window = (await http.get(window_path)).raise_for_status().content
+            inbox = (await http.get(INBOX_PATH)).raise_for_status().json()
+            inbox_cursor = inbox["next_cursor"]
+            assert inbox_cursor, "the history organisation's inbox holds more than one page"
+            inbox_page_path = f"{INBOX_PATH}?cursor={inbox_cursor}"
+            inbox_page = (await http.get(inbox_page_path)).raise_for_status().content
 
         # cached (L1) vs raw ASGI answering the same bytes
         (Path(tmp) / "page.json").write_bytes(page)
@@ -227,14 +238,13 @@ async def run(
 
             async def window_sql(_index: int) -> None:
                 async with pool.acquire() as conn:
-                    await conn.fetchval(SQL_LAST_SEQ, hot, tenant.org_id)
-                    await conn.fetch(SQL_BEFORE, hot, before, PAGE_LIMIT)
+                    await conn.fetch(HISTORY_BEFORE, hot, tenant.org_id, PAGE_LIMIT, before)
 
             sql_t = Timing("raw asyncpg")
             await _call_loop(window_sql, connections, warm, Timing("warm-up"))
             await _call_loop(window_sql, connections, seconds, sql_t)
             rows.append(
-                _row("uncached", "`?before_seq=` window", uncached, sql_t, "raw asyncpg, the same 2 queries")
+                _row("uncached", "`?before_seq=` window", uncached, sql_t, "raw asyncpg, the same statement")
             )
 
             # first read: a distinct never-read conversation per request; baseline on the other half
@@ -247,8 +257,7 @@ async def run(
             async def latest_sql(_index: int) -> None:
                 conversation = next(others, cold[-1])
                 async with pool.acquire() as conn:
-                    await conn.fetchval(SQL_LAST_SEQ, conversation, tenant.org_id)
-                    await conn.fetch(SQL_LATEST, conversation, PAGE_LIMIT)
+                    await conn.fetch(HISTORY_LATEST, conversation, tenant.org_id, PAGE_LIMIT)
 
             first_sql = Timing("raw asyncpg")
             await _call_loop(latest_sql, connections, seconds, first_sql)
@@ -258,7 +267,34 @@ async def run(
                     "first read (L1 and L2 miss)",
                     first,
                     first_sql,
-                    "raw asyncpg, same 2 queries, distinct conversations",
+                    "raw asyncpg, same statement, distinct conversations",
+                )
+            )
+
+            # the inbox's second page (a cursor: never cached) vs raw asyncpg, the same statement
+            inbox_req = GetConnection.request(host, inbox_page_path, headers)
+            await _http_loop(api.port, itertools.repeat(inbox_req), connections, warm, Timing("warm-up"))
+            uncached_inbox = Timing("uncached inbox")
+            await _http_loop(
+                api.port, itertools.repeat(inbox_req), connections, seconds, uncached_inbox, inbox_page
+            )
+            position = ActivityCursor.decode(inbox_cursor)
+            inbox_statement = inbox_sql(False, False, False, True)
+
+            async def inbox_raw(_index: int) -> None:
+                async with pool.acquire() as conn:
+                    await conn.fetch(inbox_statement, tenant.org_id, PAGE_LIMIT + 1, position.at, position.id)
+
+            inbox_t = Timing("raw asyncpg")
+            await _call_loop(inbox_raw, connections, warm, Timing("warm-up"))
+            await _call_loop(inbox_raw, connections, seconds, inbox_t)
+            rows.append(
+                _row(
+                    "uncached",
+                    "inbox page (`?cursor=`)",
+                    uncached_inbox,
+                    inbox_t,
+                    "raw asyncpg, the same statement",
                 )
             )
         finally:

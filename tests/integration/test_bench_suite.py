@@ -61,6 +61,7 @@ def test_smoke_run_writes_markdown_json_and_png(service_urls: tuple[str, str], t
         ("cached (L2)", "latest page, L1 off"),
         ("uncached", "`?before_seq=` window"),
         ("uncached", "first read (L1 and L2 miss)"),
+        ("uncached", "inbox page (`?cursor=`)"),
     ]
     for row in history["rows"]:
         assert {"p50_ms", "p99_ms", "per_s"} <= row["ours"].keys() and "ratio_p99" in row

@@ -25,6 +25,7 @@ from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.ingest import IngestService
 from app.domain.conversations.reads import PageReader
 from app.domain.conversations.services import ConversationFilters
+from app.lib.driver_sql import DriverConnections
 from app.workers.cache import expire_cache, warm_cache
 from tests.events import text_message
 from tests.factories import Tenant, create_tenant
@@ -39,7 +40,7 @@ def worker_ctx(settings: Settings, engine: AsyncEngine, redis: Redis) -> dict[st
         "settings": settings,
         "sessionmaker": sessionmaker,
         "publisher_redis": redis,
-        "pages": PageReader(cache, sessionmaker),
+        "pages": PageReader(cache, DriverConnections(engine)),
     }
 
 
@@ -91,7 +92,7 @@ async def test_warm_cache_fills_redis_with_hot_pages_once(
         assert keys.page_key(scope, f"latest:{settings.cache.page_size}") in stored
     # An API process reading those pages finds them in Redis and sends no query.
     api_cache = PageCache(redis, keys, settings.cache)
-    reader = PageReader(api_cache, async_sessionmaker(engine))
+    reader = PageReader(api_cache, DriverConnections(engine))
     await reader.messages(tenant.org_id, conversations[0], limit=settings.cache.page_size)
     await reader.conversations(tenant.org_id, ConversationFilters(), None, settings.cache.page_size)
     assert (api_cache.stats.redis.hits, api_cache.stats.loads) == (2, 0)

@@ -1,4 +1,5 @@
-"""The ASGI fast path answers repeat reads of in-memory pages exactly as Litestar would, and nothing else."""
+"""The ASGI fast path answers repeat reads of in-memory pages, and the plain uncached reads (issue 13),
+exactly as Litestar would, and nothing else."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import pytest
 from litestar import Litestar
 from litestar.security.jwt import Token
 from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from app.config import Settings
 from app.domain.accounts.auth import VerifiedTokens, agent_from_token
 from app.domain.accounts.revocations import TokenRevocations
+from app.domain.conversations.cache import CacheKeys
 from app.server.core import create_asgi
 from app.server.fastpath import CachedPageFastPath
 from app.server.shedding import RefusedLoginShedding
@@ -49,6 +52,11 @@ async def chat(engine: AsyncEngine, session: AsyncSession) -> tuple[Tenant, str]
     return tenant, ""
 
 
+def forget_tokens(asgi: CachedPageFastPath) -> None:
+    """The next request goes to Litestar (which verifies its token again and remembers it)."""
+    asgi.tokens._entries.clear()
+
+
 def relevant(headers: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in headers.items() if name not in {"date", "server", "x-request-id"}}
 
@@ -71,9 +79,10 @@ async def test_a_repeat_read_is_answered_by_the_fast_path_exactly_as_litestar_an
         for extra in variants:
             headers = {**auth, **extra}
             asgi.cache.memory.clear()
-            before = asgi.served
+            forget_tokens(asgi)
+            before, loaded = asgi.served, asgi.loaded
             by_litestar = await client.get(path, headers=headers)  # a miss: Litestar answers, and caches
-            assert asgi.served == before
+            assert (asgi.served, asgi.loaded) == (before, loaded)
             by_fast_path = await client.get(path, headers=headers)
             assert asgi.served == before + 1, (path, extra)
             assert by_fast_path.status_code == by_litestar.status_code == 200
@@ -91,7 +100,7 @@ async def test_everything_else_goes_to_litestar(
     conversation_id = (await client.get(INBOX, headers=auth)).json()["items"][0]["id"]
     history = f"/api/whatsapp-optimized/messages/{conversation_id}"
     assert (await client.get(history, headers=auth)).status_code == 200
-    served = asgi.served
+    served, loaded = asgi.served, asgi.loaded
 
     forged = jwt.encode(
         {"sub": "x", "exp": datetime.now(UTC) + timedelta(minutes=5)},
@@ -113,16 +122,23 @@ async def test_everything_else_goes_to_litestar(
         (history, await login(client, other.agent.email), 404),  # another org's conversation
         (f"{history}?limit=0", auth, 400),
         (f"{history}?limit=101", auth, 400),
-        (f"{history}?before_seq=2", auth, 200),
-        (f"{history}?limit=50&after_seq=0", auth, 200),
+        (f"{history}?limit=007", auth, 400),  # Litestar refuses leading zeros too
+        (f"{history}?before_seq=0", auth, 400),
+        (f"{history}?before_seq=2&after_seq=1", auth, 400),
+        (f"{history}?before_seq=2&before_seq=3", auth, 200),
+        (f"{history}?after_seq=-1", auth, 400),
+        (f"{history}?after_seq={2**63}", auth, 400),
+        (f"{history}?after_seq=%31", auth, 200),
         (f"{INBOX}?unread=true", auth, 200),
+        (f"{INBOX}?cursor=bm90LWEtY3Vyc29y", auth, 400),  # not one this API issued
+        (f"{INBOX}?cursor=", auth, 200),
         # any spelling of the id but the canonical one is Litestar's to judge
         (f"/api/whatsapp-optimized/messages/{conversation_id.replace('-', '')}", auth, 200),
     ]
     for path, headers, status in cases:
         response = await client.get(path, headers=headers)
         assert response.status_code == status, (path, response.text)
-        assert asgi.served == served, path  # answered by Litestar, not the fast path
+        assert (asgi.served, asgi.loaded) == (served, loaded), path  # answered by Litestar, not the fast path
 
 
 async def test_a_write_makes_the_fast_path_step_aside(
@@ -148,9 +164,96 @@ async def test_a_write_makes_the_fast_path_step_aside(
     assert (await post_webhook(client, "evolution", instance, second)).status_code == 200
     page = (await client.get(history, headers=auth)).json()
     assert [m["body"] for m in page["items"]] == ["one", "two"]
-    assert asgi.served == served  # the stale page was gone: Litestar answered and cached the new one
+    assert asgi.served == served  # the stale page was gone: read again (and cached) instead
     assert (await client.get(history, headers=auth)).json() == page
     assert asgi.served == served + 1
+
+
+async def test_uncached_reads_are_answered_by_the_fast_path_exactly_as_litestar_answers(
+    fast: tuple[Client, CachedPageFastPath], engine: AsyncEngine, session: AsyncSession
+):
+    client, asgi = fast
+    tenant = await create_tenant(session)
+    await ingest(engine, tenant, [text_message(f"55119666{n:05d}", f"inbox line {n}") for n in range(3)])
+    await ingest(engine, tenant, [text_message("5511966600000", f"more {n}") for n in range(4)])
+    auth = await login(client, tenant.agent.email)
+    first = (await client.get(f"{INBOX}?limit=2", headers=auth)).json()
+    assert first["next_cursor"]
+    conversation_id = next(c["id"] for c in first["items"] if c["last_seq"] == 5)
+    history = f"/api/whatsapp-optimized/messages/{conversation_id}"
+    paths = [
+        f"{history}?before_seq=4",
+        f"{history}?limit=2&before_seq=5",
+        f"{history}?after_seq=0",
+        f"{history}?after_seq=3&limit=1",
+        f"{history}?after_seq=5",  # an empty window
+        f"{history}?before_seq={2**63 - 1}",
+        history,  # a first read: memory emptied below, the page read through the cache's layers
+        f"{INBOX}?cursor={first['next_cursor']}",
+        f"{INBOX}?limit=1&cursor={first['next_cursor']}",
+    ]
+    for path in paths:
+        for extra in ({}, {"Origin": "http://localhost:5173"}, {"Origin": "https://evil.example"}):
+            headers = {**auth, **extra}
+            asgi.cache.memory.clear()
+            forget_tokens(asgi)
+            served, loaded = asgi.served, asgi.loaded
+            by_litestar = await client.get(path, headers=headers)
+            assert (asgi.served, asgi.loaded) == (served, loaded), path
+            asgi.cache.memory.clear()
+            by_fast_path = await client.get(path, headers=headers)
+            assert (asgi.served, asgi.loaded) == (served, loaded + 1), (path, extra)
+            assert by_fast_path.status_code == by_litestar.status_code == 200
+            assert by_fast_path.content == by_litestar.content, path
+            assert relevant(dict(by_fast_path.headers)) == relevant(dict(by_litestar.headers)), (path, extra)
+
+
+async def test_a_read_the_fast_path_cannot_answer_goes_to_litestar_as_it_was(
+    fast: tuple[Client, CachedPageFastPath], engine: AsyncEngine, session: AsyncSession
+):
+    """Another org's id, an unknown id: the fast path's read raises, and Litestar answers the 404 itself."""
+    client, asgi = fast
+    tenant, _ = await chat(engine, session)
+    other, _ = await chat(engine, session)
+    theirs = (await client.get(INBOX, headers=await login(client, other.agent.email))).json()["items"][0][
+        "id"
+    ]
+    auth = await login(client, tenant.agent.email)
+    await client.get(INBOX, headers=auth)  # the token is known to the fast path from here on
+    loaded = asgi.loaded
+    answers = []
+    for conversation_id in (theirs, str(UUID(int=7))):
+        for query in ("", "?before_seq=2", "?after_seq=0"):
+            response = await client.get(
+                f"/api/whatsapp-optimized/messages/{conversation_id}{query}", headers=auth
+            )
+            assert response.status_code == 404, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            answers.append(response.json())
+    assert all(answer == answers[0] for answer in answers)  # another org's id is no different from none
+    assert asgi.loaded == loaded
+
+
+async def test_a_first_read_answered_by_the_fast_path_is_in_redis_once_the_request_ended(
+    fast: tuple[Client, CachedPageFastPath],
+    engine: AsyncEngine,
+    session: AsyncSession,
+    redis: Redis,
+    settings: Settings,
+):
+    client, asgi = fast
+    tenant, _ = await chat(engine, session)
+    auth = await login(client, tenant.agent.email)
+    conversation_id = (await client.get(f"{INBOX}?limit=3", headers=auth)).json()["items"][0]["id"]
+    loaded = asgi.loaded
+    response = await client.get(f"/api/whatsapp-optimized/messages/{conversation_id}", headers=auth)
+    assert response.status_code == 200
+    assert asgi.loaded == loaded + 1
+    keys = CacheKeys(settings.redis.key_prefix)
+    stored = await redis.get(
+        keys.page_key(keys.messages_scope(tenant.org_id, UUID(conversation_id)), "latest:50")
+    )
+    assert stored is not None and stored.endswith(response.content)
 
 
 def _revocations(settings: Settings) -> TokenRevocations:

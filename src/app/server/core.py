@@ -50,6 +50,7 @@ from app.domain.stats.controllers import StatsController
 from app.domain.stats.health import HealthController
 from app.domain.stats.process import ProcessSnapshots
 from app.lib.dbstats import count_queries
+from app.lib.driver_sql import DriverConnections
 from app.lib.errors import is_database_unavailable, problem_details_config, server_error_handlers
 from app.lib.jobs import ArqPlugin, JobQueue
 from app.lib.json_requests import JsonDepthGuardedRequest
@@ -125,7 +126,7 @@ def create_asgi(settings: Settings | None = None) -> CachedPageFastPath:
     assert app.cors_config is not None
     webhooks = WebhookPath(app, app, state.webhook_intake)
     shedding = RefusedLoginShedding(webhooks, state.login_throttle, app.cors_config)
-    return CachedPageFastPath(shedding, state.page_cache, state.verified_tokens, app.cors_config)
+    return CachedPageFastPath(shedding, state.page_cache, state.verified_tokens, app.cors_config, state.pages)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -148,7 +149,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     jwt_auth = build_jwt_auth(settings, verified_tokens)
     token_issuer = TokenIssuer(settings.auth)
     page_cache = PageCache(redis, CacheKeys(prefix), settings.cache)
-    pages = PageReader(page_cache, sessions)
+    pages = PageReader(page_cache, DriverConnections(database.get_engine()))
     media_storage = MediaStorage.from_url(settings.media.storage_url)
     publisher = EventPublisher(redis, prefix, page_cache)
     jobs = JobQueue(settings.redis.url, prefix)
@@ -241,6 +242,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State(
             {
                 "page_cache": page_cache,
+                "pages": pages,
                 "verified_tokens": verified_tokens,
                 "login_throttle": login_throttle,
                 "webhook_throttle": webhook_intake.throttle,

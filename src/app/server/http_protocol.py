@@ -23,6 +23,7 @@ counted (`crm_http_slow_clients_total`, `crm_http_connections_refused_total`):
   startup, so a host allowing 10k sockets gets a cap to match. Refusals are logged at most once a second.
 
 A WebSocket connection leaves these timers behind at its upgrade: its liveness is the protocol's ping.
+Each request's cycle writes through CoalescedWrites: a response's head and body in one send() (issue 13).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from uvicorn.server import ServerState
 
 from app.config import HttpServerSettings, get_settings
 from app.lib import metrics
+from app.server.coalesced_writes import CoalescedWrites
 
 log = structlog.get_logger()
 
@@ -178,6 +180,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.transport is self.transport:  # a new request's cycle
+            self.cycle.transport = CoalescedWrites(self.transport, self.loop)  # type: ignore[assignment]
         if not (self.parser.should_upgrade() and self._should_upgrade()):
             self._body_open = True
             self._body_started = self._body_last_byte = self.loop.time()

@@ -19,6 +19,7 @@ from app.domain.conversations.reads import PageReader
 from app.domain.media.decode_budget import DecodeBudget
 from app.domain.media.storage import MediaStorage
 from app.domain.realtime.publisher import EventPublisher
+from app.lib.driver_sql import DriverConnections
 from app.lib.jobs import queue_name
 from app.lib.logging import configure_logging
 from app.workers.redis_retry import mark_worker_running
@@ -55,7 +56,7 @@ async def _common(ctx: dict[str, Any]) -> None:
     ctx["publisher_redis"] = redis
     cache = PageCache(redis, CacheKeys(settings.redis.key_prefix), settings.cache)
     ctx["publisher"] = EventPublisher(redis, settings.redis.key_prefix, cache)
-    ctx["pages"] = PageReader(cache, ctx["sessionmaker"])
+    ctx["pages"] = PageReader(cache, DriverConnections(engine))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -230,7 +230,13 @@ class PageCache:
             metrics.MEMORY_HIT.inc()
         return page
 
-    async def get_or_load(self, scope: str, variant: str, load: Loader) -> bytes:
+    async def get_or_load(
+        self, scope: str, variant: str, load: Loader, deferred: list[Awaitable[None]] | None = None
+    ) -> bytes:
+        """The page, from memory, Redis or `load`. With `deferred`, a page loaded from Postgres is put in
+        Redis by the awaitable appended to it instead of before returning: the caller answers first, then
+        awaits it (the compare-and-set holds the same: it stores only under the version seen before
+        loading)."""
         key = self.keys.page_key(scope, variant)
         if self._memory_live:
             value = self.memory.get(key)
@@ -253,7 +259,7 @@ class PageCache:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._flights[key] = (scope, future)
         try:
-            value = await self._load_through(scope, key, load)
+            value = await self._load_through(scope, key, load, deferred)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 future.set_exception(exc)
@@ -268,7 +274,9 @@ class PageCache:
             if self._flights.get(key, (None, None))[1] is future:
                 del self._flights[key]
 
-    async def _load_through(self, scope: str, key: str, load: Loader) -> bytes:
+    async def _load_through(
+        self, scope: str, key: str, load: Loader, deferred: list[Awaitable[None]] | None
+    ) -> bytes:
         token = self.memory.token()
         version, value = await self._redis_get(scope, key)
         if value is None:
@@ -276,7 +284,11 @@ class PageCache:
             self.stats.loads += 1
             metrics.POSTGRES_LOAD.inc()
             if version is not None:
-                await self._redis_put(scope, key, version, value)
+                store = self._redis_put(scope, key, version, value)
+                if deferred is None:
+                    await store
+                else:
+                    deferred.append(store)
         if self._memory_live:
             self._memory_put(scope, key, value, token)
         return value
