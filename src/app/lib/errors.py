@@ -20,6 +20,8 @@ from app.lib.pagination import InvalidCursor
 log = structlog.get_logger()
 
 _PROBLEM_TYPE = "about:blank"
+# How long a client should wait when the database cannot take work (every 503 of an unavailable database).
+DATABASE_RETRY_AFTER_S = "5"
 
 
 def problem(status_code: int, detail: str | None = None, **extra: Any) -> ProblemDetailsException:
@@ -90,7 +92,7 @@ def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     if is_database_unavailable(exc):
         log.warning("database unavailable", path=request.url.path, error=type(exc).__name__)
         response = problem(503, "database unavailable, retry later").to_response(request)
-        response.headers["Retry-After"] = "5"
+        response.headers["Retry-After"] = DATABASE_RETRY_AFTER_S
         return response
     log.exception("database error", path=request.url.path)
     return problem(500, "internal error").to_response(request)

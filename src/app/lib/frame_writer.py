@@ -16,7 +16,6 @@ FRAME_WRITER = "crm.frame_writer"
 class FrameWriter(Protocol):
     def write_text_now(self, data: bytes) -> bool:
         """Write one UTF-8 text message now; False when it cannot go out without waiting."""
-        ...
 
 
 def frame_writer_of(scope: object) -> FrameWriter | None:

@@ -38,7 +38,7 @@ _BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*")
 # "not JSON we can read" (400), never a server error.
 UNREADABLE_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
-# A `\uXXXX` escape of a UTF-16 surrogate that is not half of a pair: Node's JSON.stringify writes one for
+# A `\u` escape of a UTF-16 surrogate that is not half of a pair: Node's JSON.stringify writes one for
 # an emoji cut in half (a truncated push name), and msgspec refuses the whole document for it. Scanned left
 # to right, an escaped backslash is consumed first, so the `u` after `\\` is never taken for an escape.
 _BACKSLASH_PAIR_OR_SURROGATE_ESCAPE = re.compile(

@@ -3,7 +3,8 @@ IngestResult (issue 13).
 
 Preparing runs in the webhook's own request, before it joins a batch: what can refuse the webhook
 (`storable`: 422) refuses it alone, and the batcher's single task only sends and reads. The rules mirror
-IngestService (conversations/ingest.py), which the demo, the tests and the workers still use:
+IngestService (conversations/ingest.py), which the demo data and the tests still use (both call
+crm_ingest_message() per message, so the database rules are one; these Python rules are kept twice):
 
 - a message's sent_at is capped at now; the push name on the business's own messages is not the contact's;
 - `raw` is stored without the inline base64 file (that goes once, into the media row);
