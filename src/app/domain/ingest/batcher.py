@@ -67,6 +67,19 @@ class Applied:
 
 
 @dataclass(slots=True)
+class BatchStats:
+    """What this batcher has done since start (the group-commit tests read it to see batches form)."""
+
+    batches: int = 0
+    webhooks: int = 0
+    largest: int = 0
+    retries: int = 0
+    failed_batches: int = 0
+    execute_s: float = 0.0
+    publish_s: float = 0.0
+
+
+@dataclass(slots=True)
 class _Waiting:
     webhook: PreparedWebhook
     future: asyncio.Future[Applied | RequestFailed]
@@ -91,6 +104,7 @@ class IngestBatcher:
     max_requests: int = 64
     max_bytes: int = 8 * 1024 * 1024
     max_flights: int = 4  # batches in flight at once, each on its own connection (INGEST_BATCH_FLIGHTS)
+    stats: BatchStats = field(default_factory=BatchStats)
     _queue: deque[_Waiting] = field(default_factory=deque, repr=False)
     _flights: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     _after: set[asyncio.Future[None]] = field(default_factory=set, repr=False)
@@ -151,7 +165,12 @@ class IngestBatcher:
         webhooks = [waiting.webhook for waiting in batch]
         now = datetime.now(UTC)
         arrays = batch_rows.columns(webhooks)
+        self.stats.batches += 1
+        self.stats.webhooks += len(batch)
+        self.stats.largest = max(self.stats.largest, len(batch))
+        t0 = time.perf_counter()
         rows = await self._execute(now, arrays)
+        self.stats.execute_s += time.perf_counter() - t0
         answers = batch_rows.results(webhooks, rows, now)
         # Committed. The flight takes the next batch at once; publishing and answering go on beside it,
         # each batch's after its predecessor's, so envelopes leave in commit order.
@@ -172,8 +191,10 @@ class IngestBatcher:
         try:
             if previous is not None and not previous.done():
                 await asyncio.wait([previous])
+            started = time.perf_counter()
             published = await self._publish(webhooks, answers)
             await self._enqueue_media(answers)
+            self.stats.publish_s += time.perf_counter() - started
         except Exception:  # committed whatever happens here: the requests are answered as stored
             log.exception("ingest batch publish failed; catch-up will deliver")
         finally:
@@ -194,12 +215,15 @@ class IngestBatcher:
                     return rows
                 except asyncpg.PostgresError as exc:
                     if exc.sqlstate in _RETRYABLE_SQLSTATES and attempt < _MAX_ATTEMPTS:
+                        self.stats.retries += 1
                         log.warning("ingest batch retried", sqlstate=exc.sqlstate, attempt=attempt)
                         continue
+                    self.stats.failed_batches += 1
                     if is_database_unavailable(exc):
                         await conn.invalidate()
                     raise
                 except BaseException as exc:
+                    self.stats.failed_batches += 1
                     closed = driver.is_closed()
                     await conn.invalidate()  # lost mid-statement: the pool must not hand it out again
                     if closed and isinstance(exc, Exception):
