@@ -60,14 +60,12 @@ async def decode(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     if scope["type"] != "http":
         return
     payload = _decoder.decode(await _read_body(receive))
-    body = _encoder.encode({"ok": True, "id": payload["data"]["key"]["id"]})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    await _answer(send, _encoder.encode({"ok": True, "id": payload["data"]["key"]["id"]}))
+
+
+async def _answer(send, body: bytes) -> None:  # type: ignore[no-untyped-def]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -79,7 +77,8 @@ CREATE TABLE conversations (id bigserial PRIMARY KEY, instance text NOT NULL,
     last_message_preview text, last_message_at timestamptz, unread_count integer NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(), UNIQUE (instance, contact_id));
 CREATE INDEX ON conversations (last_message_at DESC, id DESC);
-CREATE TABLE messages (id bigserial PRIMARY KEY, conversation_id bigint NOT NULL REFERENCES conversations (id),
+CREATE TABLE messages (id bigserial PRIMARY KEY,
+    conversation_id bigint NOT NULL REFERENCES conversations (id),
     seq bigint NOT NULL, instance text NOT NULL, external_id text NOT NULL, direction text NOT NULL,
     type text NOT NULL, body text, sent_at timestamptz, received_at timestamptz NOT NULL DEFAULT now(),
     raw jsonb NOT NULL, UNIQUE (instance, external_id), UNIQUE (conversation_id, seq));
@@ -91,17 +90,20 @@ DECLARE v_contact bigint; v_conv bigint; v_seq bigint; v_msg bigint;
 BEGIN
     FOR i IN 1 .. coalesce(array_length(p_ext, 1), 0) LOOP
         INSERT INTO contacts (wa_id, name) VALUES (p_wa_id[i], p_name[i])
-            ON CONFLICT (wa_id) DO UPDATE SET name = coalesce(EXCLUDED.name, contacts.name), updated_at = now()
+            ON CONFLICT (wa_id) DO UPDATE
+                SET name = coalesce(EXCLUDED.name, contacts.name), updated_at = now()
             RETURNING id INTO v_contact;
         INSERT INTO conversations AS c (instance, contact_id, last_seq, last_message_preview, last_message_at,
                 unread_count)
             VALUES (p_instance, v_contact, 1, left(p_body[i], 200), p_sent[i], 1)
             ON CONFLICT (instance, contact_id) DO UPDATE SET last_seq = c.last_seq + 1,
-                last_message_preview = EXCLUDED.last_message_preview, last_message_at = EXCLUDED.last_message_at,
+                last_message_preview = EXCLUDED.last_message_preview,
+                last_message_at = EXCLUDED.last_message_at,
                 unread_count = c.unread_count + 1
             RETURNING id, last_seq INTO v_conv, v_seq;
         v_msg := NULL;
-        INSERT INTO messages (conversation_id, seq, instance, external_id, direction, type, body, sent_at, raw)
+        INSERT INTO messages
+                (conversation_id, seq, instance, external_id, direction, type, body, sent_at, raw)
             VALUES (v_conv, v_seq, p_instance, p_ext[i], 'in', 'text', p_body[i], p_sent[i], p_raw[i]::jsonb)
             ON CONFLICT (instance, external_id) DO NOTHING RETURNING id INTO v_msg;
         IF v_msg IS NULL THEN  -- a redelivery: take the seq back (the peer rolls its transaction back)
@@ -124,13 +126,16 @@ class _GroupCommit:
         self.pool, self.redis = pool, redis
         self.queue: list[tuple[dict, asyncio.Future[bytes]]] = []
         self.flights = 0
+        self.tasks: set[asyncio.Future[None]] = set()
 
     def submit(self, data: dict) -> asyncio.Future[bytes]:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.queue.append((data, future))
         if self.flights < _FLIGHTS:
             self.flights += 1
-            asyncio.ensure_future(self._fly())
+            task = asyncio.ensure_future(self._fly())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         return future
 
     async def _fly(self) -> None:
@@ -157,8 +162,12 @@ class _GroupCommit:
             pipe = self.redis.pipeline(transaction=False)
             for row, data in zip(rows, items, strict=True):
                 if row["message_id"] is not None:
-                    event = {"type": "message.created", "conversation_id": row["conversation_id"],
-                             "seq": row["seq"], "data": {"id": row["message_id"], "body": data["message"]}}
+                    event = {
+                        "type": "message.created",
+                        "conversation_id": row["conversation_id"],
+                        "seq": row["seq"],
+                        "data": {"id": row["message_id"], "body": data["message"]},
+                    }
                     pipe.publish(f"conv:{row['conversation_id']}", _encoder.encode(event))
                     pipe.delete(f"page:{row['conversation_id']}")
             await pipe.execute()
@@ -168,8 +177,15 @@ class _GroupCommit:
             return
         for row, (_, future) in zip(rows, batch, strict=True):
             future.set_result(
-                _encoder.encode({"ok": True, "conversation_id": row["conversation_id"], "seq": row["seq"],
-                                 "message_id": row["message_id"], "duplicate": row["message_id"] is None})
+                _encoder.encode(
+                    {
+                        "ok": True,
+                        "conversation_id": row["conversation_id"],
+                        "seq": row["seq"],
+                        "message_id": row["message_id"],
+                        "duplicate": row["message_id"] is None,
+                    }
+                )
             )
 
 
@@ -189,15 +205,7 @@ def ingest_app(dsn: str):  # type: ignore[no-untyped-def]
             await send({"type": "lifespan.shutdown.complete"})
             return
         payload = _decoder.decode(await _read_body(receive))
-        body = await state["commit"].submit(payload["data"])
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, await state["commit"].submit(payload["data"]))
 
     return app
 
