@@ -199,7 +199,7 @@ def ingest_app(dsn: str):  # type: ignore[no-untyped-def]
             await conn.execute(_SCHEMA)
             await conn.close()
             pool = await asyncpg.create_pool(dsn, min_size=10, max_size=10)
-            state["commit"] = _GroupCommit(pool, aioredis.from_url("redis://127.0.0.1:6379/13"))
+            state["commit"] = _GroupCommit(pool, aioredis.Redis.from_url("redis://127.0.0.1:6379/13"))
             await send({"type": "lifespan.startup.complete"})
             await receive()
             await send({"type": "lifespan.shutdown.complete"})
