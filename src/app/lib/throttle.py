@@ -11,7 +11,14 @@ with the subject's first event and lasts `window_s`; Retry-After says when it cl
   and counting after let 200 concurrent wrong secrets all be evaluated against a budget of 30). So N
   concurrent attempts evaluate at most the budget. An attempt that finds the budget taken only by attempts
   still in flight (not by failures) waits for them to settle instead of being refused: a verified gateway's
-  burst wider than the budget is delayed by milliseconds, never refused.
+  burst wider than the budget is delayed by milliseconds, never refused. For attempts whose evaluation
+  is dear (a password's scrypt).
+- `refuse_if_spent` then `count` on failure: for attempts whose evaluation is cheap and whose success must
+  cost nothing (a webhook's secret, compared in constant time; issue 13). Every attempt reads its
+  subject's count first and is refused once the budget is spent; a failure is counted afterwards, and the
+  failure that goes past the budget is answered 429, not 401. So however many attempts run at once, at
+  most the budget are answered on their merits, a right secret after the budget is spent is refused like a
+  wrong one, and a success is one coalesced read, never a write.
 
 Every process also counts `count` events locally (`LocalWindows`): the budget's count in Redis is at least
 this process's own, so once this process alone has seen more than the budget in a window the event is
@@ -41,7 +48,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import TooManyRequestsException
 from redis.asyncio import Redis
 
-from app.lib.redis_scripts import CoalescedScripts
+from app.lib.redis_scripts import CoalescedCalls
 from app.lib.throttle_calls import ThrottleCalls
 
 WINDOW_S = 60
@@ -125,7 +132,11 @@ class LocalWindows:
     def refuse_until(self, subject: str, closes_at: float, count: int) -> None:
         """Remember a refusal Redis gave until the window it counted closes."""
         window = self._windows.get(subject)
-        if window is not None:
+        if window is None:
+            self._windows[subject] = [closes_at, float(count)]
+            if len(self._windows) > self._max:
+                self._windows.popitem(last=False)
+        else:
             window[0] = max(window[0], closes_at)
             window[1] = max(window[1], float(count))
 
@@ -158,7 +169,9 @@ class ClientThrottle:
         refusal: str,
         window_s: int = WINDOW_S,
     ) -> None:
-        self._scripts = CoalescedScripts(redis)  # calls of requests arriving together share a round trip
+        # Calls of requests arriving together share a round trip, timed once (app.lib.redis_scripts).
+        self._scripts = CoalescedCalls(redis, calls, root)
+        self._redis = redis
         self._count = redis.register_script(_COUNT)
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
@@ -172,16 +185,16 @@ class ClientThrottle:
     def _key(self, subject: str) -> str:
         return f"{self._root}:{subject}"
 
-    async def count(self, subject: str) -> Window | None:
-        """Count one event of `subject`; None when Redis cannot answer (fail open)."""
+    async def count(self, subject: str, *, locally: bool = True) -> Window | None:
+        """Count one event of `subject`; None when Redis cannot answer (fail open). `locally=False`: only
+        Redis counts (a refusal it gives is still remembered), so with Redis down nothing is refused."""
         now = time.monotonic()
-        local = self._local.bump(subject, now)
-        if local.count > self.per_window:
-            return local  # over the budget in this process alone, so in Redis too (module docstring)
+        if locally:
+            local = self._local.bump(subject, now)
+            if local.count > self.per_window:
+                return local  # over the budget in this process alone, so in Redis too (module docstring)
         key = self._key(subject)
-        answer = await self._calls.run(
-            lambda: self._scripts.call(self._count, [key], [self._window_s]), self._root
-        )
+        answer = await self._scripts.script(self._count, [key], [self._window_s])
         if answer is None:
             return None
         count, ttl = int(answer[0]), max(int(answer[1]), 0)  # TTL -2: the key is gone
@@ -194,6 +207,23 @@ class ClientThrottle:
         budget (`app.server.shedding` answers such requests before the framework sees them)."""
         return self._local.over(subject, time.monotonic(), self.per_window)
 
+    async def refuse_if_spent(self, subject: str) -> None:
+        """Raise 429 if `subject` has already `count`ed the whole budget in its window, without counting:
+        one counter read, coalesced with every read of the loop turn into one MGET (a verified webhook's only
+        Redis call, issue 13); nothing asked of Redis once this process alone has counted the budget."""
+        now = time.monotonic()
+        local = self._local.over(subject, now, self.per_window - 1)
+        if local is not None:
+            raise self.refused(local.resets_in_s)
+        key = self._key(subject)
+        counted = await self._scripts.read_count(key)
+        if counted is None or counted < self.per_window:
+            return  # under budget, or Redis cannot say (fail open)
+        ttl = await self._calls.run(lambda: self._redis.ttl(key), self._root)
+        resets_in_s = max(int(ttl or 0), 1)
+        self._local.refuse_until(subject, now + resets_in_s, counted)
+        raise self.refused(resets_in_s)
+
     def refuse_if_over(self, window: Window | None) -> None:
         """After `count`: refuse the event that went past the budget (and every one after it)."""
         if window is not None and window.count > self.per_window:
@@ -205,10 +235,7 @@ class ClientThrottle:
         key = self._key(subject)
         deadline = time.monotonic() + _SLOT_WAIT_S
         while True:
-            answer = await self._calls.run(
-                lambda: self._scripts.call(self._reserve, [key], [self.per_window, self._window_s]),
-                self._root,
-            )
+            answer = await self._scripts.script(self._reserve, [key], [self.per_window, self._window_s])
             if answer is None:
                 return Reservation(None, key)
             granted, failed, ttl = (int(v) for v in answer)
@@ -219,7 +246,7 @@ class ClientThrottle:
             await asyncio.sleep(_SLOT_POLL_S)  # in-flight attempts hold the budget: they settle in ms
 
     async def _settle_key(self, key: str, failed: bool) -> None:
-        await self._calls.run(lambda: self._scripts.call(self._settle, [key], [int(failed)]), self._root)
+        await self._scripts.script(self._settle, [key], [int(failed)])
 
     def refused(self, resets_in_s: int) -> TooManyRequestsException:
         reset = str(max(resets_in_s, 1))

@@ -125,8 +125,9 @@ class IngestBatcher:
             task = asyncio.create_task(self._fly())
             self._flights.add(task)
             task.add_done_callback(self._flights.discard)
-        # The flight resolves the future whatever happens to this request; shield it from our cancellation.
-        return await asyncio.shield(future)
+        # Not shielded: a request cancelled meanwhile cancels its future, which the flight then leaves alone
+        # (it resolves only futures not done); the batch goes on without it.
+        return await future
 
     def _take(self) -> list[_Waiting]:
         batch: list[_Waiting] = []

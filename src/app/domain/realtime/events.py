@@ -44,6 +44,9 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True):
 
 
 envelope_encoder = msgspec.msgpack.Encoder()
+# One Redis message per organisation per publish carries its envelopes as a list, in commit order (issue 13:
+# one PUBLISH per batch instead of two per message); a lone Envelope is what processes before it sent.
+envelopes_decoder = msgspec.msgpack.Decoder(list[Envelope])
 envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 
 

@@ -38,6 +38,7 @@ from app.domain.realtime.events import (
     Envelope,
     EventKind,
     envelope_decoder,
+    envelopes_decoder,
     org_channel_pattern,
     org_of_channel,
 )
@@ -155,13 +156,14 @@ class Hub:
     def dispatch(self, org_id: UUID, envelope: Envelope) -> int:
         """Hand an event to the local sockets it concerns, now (see Connection.send); returns how many got
         it. The frame is encoded to bytes once for all of them."""
-        data = envelope.frame.encode()
         if envelope.for_room:
             targets = tuple(c for c in self._rooms.get(envelope.conversation_id, ()) if c.org_id == org_id)
+            data = envelope.frame.encode() if targets else b""
             for connection in targets:
                 connection.room_event(envelope, data)
         else:
             targets = tuple(self._orgs.get(org_id, ()))
+            data = envelope.frame.encode() if targets else b""
             for connection in targets:
                 connection.send(envelope.frame, data)
         if envelope.kind is EventKind.MESSAGE_CREATED:
@@ -265,11 +267,15 @@ class Hub:
         if org_id is None:
             return
         try:
-            envelope = envelope_decoder.decode(data)
+            envelopes = envelopes_decoder.decode(data)
         except msgspec.DecodeError:
-            log.warning("undecodable realtime event dropped", channel=channel.decode())
-            return
-        self.dispatch(org_id, envelope)
+            try:
+                envelopes = [envelope_decoder.decode(data)]
+            except msgspec.DecodeError:
+                log.warning("undecodable realtime event dropped", channel=channel.decode())
+                return
+        for envelope in envelopes:
+            self.dispatch(org_id, envelope)
 
     async def _catch_up(self) -> None:
         while True:

@@ -66,9 +66,9 @@ class EventPublisher:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     carried = self._cache.stage_invalidation(pipe, stale)
                     for org_id, envelopes in envelopes_by_org.items():
-                        channel = org_channel(self._prefix, org_id)
-                        for envelope in envelopes:
-                            pipe.publish(channel, envelope_encoder.encode(envelope))
+                        if envelopes:  # one message per organisation, its envelopes in commit order
+                            channel = org_channel(self._prefix, org_id)
+                            pipe.publish(channel, envelope_encoder.encode(envelopes))
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._cache.invalidation_failed(stale)
