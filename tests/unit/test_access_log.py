@@ -19,5 +19,7 @@ from app.server.run import access_log_enabled
         ("INFO", "0", False),
     ],
 )
-def test_the_access_log_follows_the_level_unless_forced(level: str, forced: str | None, expected: bool) -> None:
+def test_the_access_log_follows_the_level_unless_forced(
+    level: str, forced: str | None, expected: bool
+) -> None:
     assert access_log_enabled(level, forced) is expected
