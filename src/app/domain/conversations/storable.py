@@ -114,5 +114,15 @@ def storable(event: GatewayEvent) -> GatewayEvent:
         contact_name=_truncated(_scrub_optional(event.contact_name), _CONTACT_NAME_LENGTH),
         body=_capped_text(_scrub_optional(event.body)),  # the whole text stays in raw
         media=_storable_media(event.media) if event.media else None,
-        raw=_scrub_json(event.raw) if event.raw is not None else None,
+        raw=_scrub_json(event.raw) if event.raw is not None and _holds_nul(event.raw) else event.raw,
     )
+
+
+def _holds_nul(raw: Any) -> bool:
+    """Whether any key or string of the payload may hold U+0000: msgspec's C encoder writes it as \\u0000,
+    so this costs an encode, not a walk of the payload in Python (issue 13); a text that spells "\\u0000"
+    literally only costs the walk as well."""
+    return b"\\u0000" in _json.encode(raw)
+
+
+_json = msgspec.json.Encoder()
