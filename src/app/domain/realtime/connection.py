@@ -191,7 +191,6 @@ class Connection:
             return False
         if not direct.write_text_now(frame.encode() if data is None else data):
             return False
-        self.hub.counters.frames_sent += 1
         metrics.WS_FRAMES.inc()
         return True
 
@@ -237,7 +236,6 @@ class Connection:
                     await self.socket.close(code=code, reason=reason)
                     return
                 await self.socket.send_text(frame)
-                self.hub.counters.frames_sent += 1
                 metrics.WS_FRAMES.inc()
         except Exception as exc:  # the client is gone: the reader gets `websocket.disconnect` and ends
             log.info("websocket send failed", connection_id=self.id, error=type(exc).__name__)

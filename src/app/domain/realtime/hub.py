@@ -53,9 +53,9 @@ _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 @dataclass(slots=True)
 class SocketCounters:
-    """Since this process started (the stats endpoint sums them over processes)."""
+    """Since this process started (the stats endpoint sums them over processes). Frames sent are
+    Prometheus's `crm_websocket_frames_sent_total` alone (one set of counters, app.lib.metrics)."""
 
-    frames_sent: int = 0
     messages_routed: int = 0  # message.created events that reached this process
     notifications: int = 0  # sockets those events were handed to
     resyncs: int = 0

@@ -1,36 +1,41 @@
-"""Webhook ingest figures of this process: counts, and the transaction time over a recent window."""
+"""Webhook ingest figures of this process for /stats: the counts Prometheus already holds, read from its
+counters (one set of counters, issue 14: `app.lib.metrics`), plus what it does not — status updates, and the
+transaction time's p50/p99 over a recent window (its histogram's buckets only bound a quantile; this keeps the
+last 4,096 durations, bounded memory)."""
 
 from __future__ import annotations
 
 import statistics
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from app.lib import metrics
 
 
 @dataclass
 class IngestCounters:
-    persisted: int = 0
-    duplicates: int = 0
     statuses: int = 0
-    webhooks: Counter[str] = field(default_factory=Counter)  # per gateway
-    # The most recent webhook transactions' durations (seconds): p50/p99 over a window, bounded memory.
-    durations: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    durations: deque[float] = field(default_factory=lambda: deque(maxlen=4096))  # seconds
 
-    def record(self, gateway: str, *, persisted: int, duplicates: int, statuses: int, seconds: float) -> None:
-        self.persisted += persisted
-        self.duplicates += duplicates
+    def observe(self, *, statuses: int, seconds: float) -> None:
         self.statuses += statuses
-        self.webhooks[gateway] += 1
         self.durations.append(seconds)
 
+    def record(self, gateway: str, *, persisted: int, duplicates: int, statuses: int, seconds: float) -> None:
+        """The ingest service's call until it calls `observe` (ingest/service.py, off-limits in issue 14):
+        `gateway`, `persisted` and `duplicates` are counted by the Prometheus counters it writes beside it."""
+        del gateway, persisted, duplicates
+        self.observe(statuses=statuses, seconds=seconds)
+
     def describe(self) -> dict[str, Any]:
+        per_gateway = {labels[0]: int(count) for labels, count in metrics.values(metrics.WEBHOOKS).items()}
         return {
-            "webhooks": sum(self.webhooks.values()),
-            "messages_persisted": self.persisted,
-            "duplicates_ignored": self.duplicates,
+            "webhooks": sum(per_gateway.values()),
+            "messages_persisted": metrics.total(metrics.MESSAGES_PERSISTED),
+            "duplicates_ignored": metrics.total(metrics.DUPLICATES),
             "status_updates": self.statuses,
-            "per_gateway": dict(self.webhooks),
+            "per_gateway": per_gateway,
             "transaction_ms": _percentiles(self.durations),
         }
 

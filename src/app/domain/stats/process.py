@@ -1,6 +1,7 @@
 """What one API process has seen, and how /stats gathers every process's figures through Redis.
 
-Counters live in the process that counts them (a dict increment on the hot path, no I/O). Every few seconds
+Counters live in the process that counts them (no I/O on the hot path); those /metrics exports too are read
+from their Prometheus counters, not kept twice (`app.lib.metrics`, issue 14). Every few seconds
 each API process writes a snapshot, stamped with the time, into one hash `{prefix}:stats:processes` (field
 `{host}:{pid}`); /stats reads that hash — one command, however many keys the cache holds — sums the fresh
 snapshots and removes the ones of processes that stopped writing.
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 from app.domain.conversations.cache import PageCache
 from app.domain.realtime.hub import Hub
 from app.domain.stats.ingest import INGEST
+from app.lib import metrics
 from app.lib.dbstats import QueryCounter
 
 log = structlog.get_logger()
@@ -50,7 +52,7 @@ class ProcessSnapshots:
             "started_at": int(self._started),
             "websocket": {
                 **self._hub.counts(),
-                "frames_sent": counters.frames_sent,
+                "frames_sent": metrics.total(metrics.WS_FRAMES),
                 "messages_routed": counters.messages_routed,
                 "notifications": counters.notifications,
                 "resyncs": counters.resyncs,
