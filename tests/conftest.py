@@ -109,7 +109,7 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 def app(settings: Settings) -> Litestar:
     from app.server.core import create_app
 
-    # A fresh app per test: AsyncTestClient may run it on another loop (ARCHITECTURE pitfalls).
+    # A fresh app per test: AsyncTestClient may run it on another loop (docs/ARCHITECTURE.md pitfalls).
     return create_app(settings)
 
 

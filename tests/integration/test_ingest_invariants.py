@@ -1,4 +1,5 @@
-"""ARCHITECTURE invariants 2, 3 and 5 at the service level, against real Postgres under real concurrency."""
+"""docs/ARCHITECTURE.md invariants 2 to 5 at the service level, against real Postgres under real
+concurrency."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ class Conversation(Base):
     """The chat between one instance (our number) and one contact, with a summary kept by ingest.
 
     `last_seq` is the highest message `seq` handed out; the row lock taken to bump it is what makes
-    seq gapless under concurrency (ARCHITECTURE invariant 3).
+    seq gapless under concurrency (docs/ARCHITECTURE.md invariant 3).
     """
 
     __tablename__ = "conversations"

@@ -20,7 +20,7 @@ class Message(Base):
     __table_args__ = (
         # History reads are keyset scans on this index (before_seq / after_seq).
         UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
-        # The de-duplication arbiter (ARCHITECTURE invariant 2): INSERT … ON CONFLICT DO NOTHING.
+        # The de-duplication arbiter (docs/ARCHITECTURE.md invariant 2): INSERT … ON CONFLICT DO NOTHING.
         UniqueConstraint("instance_id", "gateway_message_id", name="uq_messages_instance_gateway_id"),
         # An agent's retry of the same send returns the same message (idempotency key from the client).
         UniqueConstraint("conversation_id", "client_message_id", name="uq_messages_conversation_client_id"),

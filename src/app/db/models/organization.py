@@ -7,7 +7,7 @@ from app.db.models.base import Base
 
 
 class Organization(Base):
-    """A tenant. Every other row belongs to exactly one organisation (ARCHITECTURE invariant 7)."""
+    """A tenant. Every other row belongs to exactly one organisation (docs/ARCHITECTURE.md invariant 6)."""
 
     __tablename__ = "organizations"
 

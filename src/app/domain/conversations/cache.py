@@ -4,8 +4,8 @@ What is cached: the latest page of a conversation's history and the first page o
 JSON bytes the API answers, so a hit costs a dict lookup and no encoding. Everything else reads Postgres.
 
 Keys are grouped by *scope*: one conversation's pages, or one org's inbox pages (any filter, any limit).
-Every key holds the org id (ARCHITECTURE invariant 7). A scope's key in Redis is a version counter; each
-page in Redis is stored tagged with the version it was read under, and only if that version is still
+Every key holds the org id (docs/ARCHITECTURE.md invariant 6). A scope's key in Redis is a version counter;
+each page in Redis is stored tagged with the version it was read under, and only if that version is still
 current (a Lua compare-and-set), so a reader that loaded a page just before a write cannot put it back
 after the write bumped the version.
 

@@ -1,4 +1,5 @@
-"""Applies normalised gateway events to the database in one transaction (ARCHITECTURE invariants 1 to 5).
+"""Applies normalised gateway events to the database in one transaction (docs/ARCHITECTURE.md
+invariants 2 to 5).
 
 Per new message (one call of the database function crm_ingest_message, migration 0003): upsert the
 contact · lock (or create) the conversation row, which serialises every writer of that conversation ·
@@ -38,7 +39,7 @@ log = structlog.get_logger()
 
 PREVIEW_LENGTH = 120
 
-# Which statuses a message may be in for a new status to apply (invariant 5).
+# Which statuses a message may be in for a new status to apply (docs/ARCHITECTURE.md invariant 5).
 STATUS_PREDECESSORS: dict[MessageStatus, tuple[MessageStatus, ...]] = {
     MessageStatus.PENDING: (),
     MessageStatus.SENT: (MessageStatus.PENDING,),

@@ -53,7 +53,8 @@ INSERT_MEDIA = insert(media).values(
     updated_at=bindparam("now"),
 )
 
-# Forward-only (invariant 5): the caller passes the statuses that may precede the new one.
+# Forward-only (docs/ARCHITECTURE.md invariant 5): the caller passes the statuses that may precede the
+# new one.
 ADVANCE_STATUS = (
     update(messages)
     .where(

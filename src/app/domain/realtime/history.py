@@ -1,7 +1,7 @@
 """The database reads the WebSocket side needs, each in a short session of its own.
 
 A socket lives for hours; holding a session (and a pooled connection) for its life would exhaust the pool
-with idle agents, so every read opens and closes its own (ARCHITECTURE pitfalls).
+with idle agents, so every read opens and closes its own (docs/ARCHITECTURE.md pitfalls).
 
 Those short reads still come from the pool webhooks commit through, and a reconnect storm (every socket of
 a process back at once, each subscribing with `after_seq`) starts hundreds of them together. At most

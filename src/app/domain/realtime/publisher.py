@@ -1,4 +1,4 @@
-"""Publishing after commit (ARCHITECTURE invariant 4): best effort, never failing the request.
+"""Publishing after commit (docs/ARCHITECTURE.md invariant 7): best effort, never failing the request.
 
 The same round trip makes the read cache's pages stale everywhere (see PageCache.stage_invalidation); this
 process drops its own in-memory copies before and after it, so the writer's next read sees its write.
