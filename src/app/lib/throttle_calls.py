@@ -58,14 +58,17 @@ class ThrottleCalls:
             return None
         pending = asyncio.ensure_future(call())
         try:
-            try:
-                return await asyncio.wait_for(asyncio.shield(pending), PATIENCE_S)
-            except TimeoutError:
-                pass
+            # asyncio.wait, not wait_for(shield(...)): no second task or future per call (issue 13).
+            await asyncio.wait((pending,), timeout=PATIENCE_S)
+            if pending.done():
+                return pending.result()
             if not await self._redis_answers_promptly():
                 self._rest(throttle, "Redis answers no probe within its timeout")
                 return None
-            return await asyncio.wait_for(pending, DEADLINE_S - PATIENCE_S)
+            await asyncio.wait((pending,), timeout=DEADLINE_S - PATIENCE_S)
+            if not pending.done():
+                raise TimeoutError
+            return pending.result()
         except TimeoutError:
             # Redis answered the probe: this process is overloaded. Fail open for this call only.
             log.warning("throttle call outlived its deadline", throttle=throttle, deadline_s=DEADLINE_S)

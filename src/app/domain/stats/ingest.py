@@ -22,12 +22,6 @@ class IngestCounters:
         self.statuses += statuses
         self.durations.append(seconds)
 
-    def record(self, gateway: str, *, persisted: int, duplicates: int, statuses: int, seconds: float) -> None:
-        """The ingest service's call until it calls `observe` (ingest/service.py, off-limits in issue 14):
-        `gateway`, `persisted` and `duplicates` are counted by the Prometheus counters it writes beside it."""
-        del gateway, persisted, duplicates
-        self.observe(statuses=statuses, seconds=seconds)
-
     def describe(self) -> dict[str, Any]:
         per_gateway = {labels[0]: int(count) for labels, count in metrics.values(metrics.WEBHOOKS).items()}
         return {
