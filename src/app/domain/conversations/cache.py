@@ -32,7 +32,6 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from app.config import CacheSettings
-from app.domain.realtime.events import Envelope, EventKind
 from app.lib import metrics
 from app.lib.lru import ByteBudgetLru, LruStats
 
@@ -89,16 +88,6 @@ class CacheKeys:
     def invalidation_channel(self) -> str:
         return f"{self.root}:invalidate"
 
-    def scopes_touched(self, org_id: UUID, envelopes: Iterable[Envelope]) -> set[str]:
-        """Room events change a conversation's history; inbox events change the org's conversation list."""
-        scopes: set[str] = set()
-        for envelope in envelopes:
-            if envelope.kind is EventKind.CONVERSATION:
-                scopes.add(self.inbox_scope(org_id))
-            else:
-                scopes.add(self.messages_scope(org_id, envelope.conversation_id))
-        return scopes
-
 
 def version_ttl_s(settings: CacheSettings) -> int:
     # A version outlives every page tagged with it, so a page can never match a recreated counter.
@@ -148,6 +137,10 @@ class PageCache:
         self._failures = 0
 
     # -- coherence ----------------------------------------------------------------------------
+    def invalidation_channel(self) -> str:
+        """The Redis channel whose messages name the scopes to drop (the realtime hub subscribes to it)."""
+        return self.keys.invalidation_channel()
+
     def set_memory_live(self, live: bool) -> None:
         """Use L1 only while this process hears every invalidation; either way, start from empty."""
         self._memory_live = live

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 from uuid import UUID
 
 import msgspec
@@ -32,7 +33,6 @@ import structlog
 from redis.exceptions import RedisError
 
 from app.config import RealtimeSettings
-from app.domain.conversations.cache import PageCache
 from app.domain.realtime.connection import CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED, Connection
 from app.domain.realtime.events import (
     Envelope,
@@ -49,6 +49,19 @@ from app.lib import metrics
 log = structlog.get_logger()
 
 _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+class InvalidatedCache(Protocol):
+    """What the hub asks of the read cache whose invalidation channel it carries (the conversations'
+    PageCache): the hub knows channels and callbacks, never pages, keys or envelopes (issue 13)."""
+
+    def invalidation_channel(self) -> str: ...
+
+    def invalidate(self, scopes: Iterable[str]) -> None: ...
+
+    def set_memory_live(self, live: bool) -> None: ...
+
+    async def send_unbumped(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -69,7 +82,7 @@ class Hub:
         key_prefix: str,
         history: History,
         settings: RealtimeSettings,
-        cache: PageCache,
+        cache: InvalidatedCache,
     ) -> None:
         self.redis_url = redis_url
         self.key_prefix = key_prefix
@@ -212,7 +225,7 @@ class Hub:
                 subscription = await subscribe(
                     self.redis_url,
                     [org_channel_pattern(self.key_prefix)],
-                    [self.cache.keys.invalidation_channel()],
+                    [self.cache.invalidation_channel()],
                     self._on_message,
                 )
                 self._subscription = subscription

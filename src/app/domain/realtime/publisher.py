@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.domain.conversations.cache import PageCache
-from app.domain.realtime.events import Envelope, envelope_encoder, org_channel
+from app.domain.realtime.events import Envelope, EventKind, envelope_encoder, org_channel
 
 log = structlog.get_logger()
 
@@ -57,7 +57,13 @@ class EventPublisher:
         keys = self._cache.keys
         stale: set[str] = set()
         for org_id, envelopes in envelopes_by_org.items():
-            stale |= keys.scopes_touched(org_id, envelopes)
+            # Room events change a conversation's history; inbox events change the org's conversation list.
+            # The publisher knows events; the cache knows only scopes (issue 13).
+            for envelope in envelopes:
+                if envelope.kind is EventKind.CONVERSATION:
+                    stale.add(keys.inbox_scope(org_id))
+                else:
+                    stale.add(keys.messages_scope(org_id, envelope.conversation_id))
         for org_id, conversations in rewritten.items():
             stale.update(keys.messages_scope(org_id, cid) for cid in conversations)
         self._cache.invalidate(stale)
