@@ -1,7 +1,7 @@
 """Applies normalised gateway events to the database in one transaction (docs/ARCHITECTURE.md
 invariants 2 to 5).
 
-Per new message (one call of the database function crm_ingest_message, migration 0003): upsert the
+Per new message (one call of the database function crm_ingest_message, ingest/ingest_message.sql): upsert the
 contact · lock (or create) the conversation row, which serialises every writer of that conversation ·
 INSERT the message with seq = last_seq + 1, ON CONFLICT DO NOTHING on (instance, gateway message id) ·
 only if a row went in, bump last_seq and the summary. Then the media row (pending) if any.

@@ -16,7 +16,7 @@ messages: Table = Message.__table__  # type: ignore[assignment]
 media: Table = Media.__table__  # type: ignore[assignment]
 
 # A new message's whole write path (contact, conversation lock, message, summary) in one round trip:
-# the function crm_ingest_message() of migration 0003, which documents the steps. No row back = redelivery.
+# crm_ingest_message() (src/app/domain/ingest/ingest_message.sql documents the steps). No row = redelivery.
 INGEST_MESSAGE = (
     text(
         "SELECT message_id, conversation_id, seq, contact_id, contact_name, status, last_message_at, "

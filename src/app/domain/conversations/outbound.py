@@ -90,7 +90,9 @@ class OutboundService:
             author_id=author_id,
         )
         self.session.add(message)
-        # The row is locked above; the ORM writes these with the message in one flush.
+        # The row is locked above; the ORM writes these with the message in one flush. These mirror the
+        # seq and summary rules of crm_ingest_message() (src/app/domain/ingest/ingest_message.sql) for a
+        # business message: next seq, newest preview/time/direction, unread back to 0.
         conversation.last_seq = message.seq
         conversation.last_message_at = now
         conversation.last_message_preview = preview_text(text, MessageType.TEXT)

@@ -9,7 +9,7 @@
 -- one 'failed' row with its SQLSTATE; the rest of the batch commits. Deadlocks and serialisation failures
 -- are not caught: the whole batch rolls back and the batcher applies it again.
 --
--- Per message: crm_ingest_message() (migration 0003: contact, conversation lock, message with
+-- Per message: crm_ingest_message() (ingest_message.sql: contact, conversation lock, message with
 -- seq = last_seq + 1, ON CONFLICT (instance, gateway id) DO NOTHING, summary), then its media row. A
 -- duplicate inside the batch meets the earlier row of the same transaction and is a duplicate like any
 -- redelivery. Per status: forward-only UPDATE; the caller passes the statuses that may precede the new one.
