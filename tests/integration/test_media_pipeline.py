@@ -33,12 +33,11 @@ from app.domain.media.decode_budget import DecodeBudget
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.media import process_media
-from tests.events import image_message
-from tests.factories import Tenant, create_tenant
 from tests.fake_gateway import FakeGateway, status
 from tests.integration.test_read_api import login
-from tests.process_rig import ROOT, env_for
-from tests.webhooks import fixture_for, post_webhook
+from tests.kit.data import env_for, fixture_for, image_message, post_webhook
+from tests.kit.factories import Tenant, create_tenant
+from tests.kit.processes import ROOT
 
 Client = AsyncTestClient[Litestar]
 GATEWAY = "evolution"

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.domain.conversations.ingest import IngestService
 from app.domain.gateways.events import GatewayEvent
-from tests.events import text_message
-from tests.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.data import text_message
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
 
 Client = AsyncTestClient[Litestar]
 

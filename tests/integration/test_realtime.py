@@ -13,11 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.models import Contact, Conversation, WhatsAppInstance
 from app.domain.conversations.ingest import IngestService
-from tests.events import text_message
-from tests.factories import PASSWORD, Tenant, create_tenant
-from tests.process_rig import ApiProcess, login_token
-from tests.webhooks import fixture_for, signed_headers, with_message_id
-from tests.ws_client import WsClient
+from tests.kit.clients import WsClient, login_token
+from tests.kit.data import fixture_for, signed_headers, text_message, with_message_id
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.processes import ApiProcess
 
 GATEWAY = "evolution"
 

@@ -23,7 +23,7 @@ from app.lib.jobs import deserialize_job, queue_name
 from app.workers.sending import INTERRUPTED, send_job_id
 from tests.fake_gateway import FakeGateway, hang
 from tests.integration.test_outbound import auth, send, tenant_with_chat
-from tests.process_rig import arq_worker
+from tests.kit.processes import arq_worker
 
 Client = AsyncTestClient[Litestar]
 
