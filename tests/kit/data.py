@@ -9,10 +9,12 @@ test checks the round trip, so a new setting without its variable here is notice
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import hashlib
 import hmac
+import io
 import json
 import os
 import secrets
@@ -23,6 +25,7 @@ from typing import Any
 from httpx import Response
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from PIL import Image
 from polyfactory import Use
 from polyfactory.factories.msgspec_factory import MsgspecFactory
 
@@ -285,3 +288,17 @@ async def post_webhook(
         content=body,
         headers=headers if headers is not None else signed_headers(gateway, body, instance),
     )
+
+
+def jpeg(width: int = 800, height: int = 600, color: tuple[int, int, int] = (200, 30, 60)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def image_webhook(instance: Any, message_id: str, data: bytes) -> dict[str, Any]:
+    """Evolution v2 `messages.upsert` of an image with the file inline (webhook_base64 on)."""
+    payload: dict[str, Any] = fixture_for("evolution", "v2_messages_upsert_image_base64", instance)
+    payload["data"]["key"]["id"] = message_id
+    payload["data"]["message"]["base64"] = base64.b64encode(data).decode()
+    return payload

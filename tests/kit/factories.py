@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -25,25 +25,32 @@ from app.db.models import (
     Organization,
     WhatsAppInstance,
 )
+from app.db.models.base import Base
 from app.db.models.conversation import ConversationStatus
 from app.domain.accounts.passwords import hash_password
 from app.domain.gateways.events import Direction, MessageStatus, MessageType
 from tests.kit.databases import plain_dsn
 
+Row = TypeVar("Row", bound=Base)
+
 PASSWORD = "correct horse battery staple"
 _PASSWORD_HASH = hash_password(PASSWORD)  # hashing is deliberately slow: do it once per run
 
 
-class OrganizationFactory(SQLAlchemyFactory[Organization]):
+class _RowFactory(SQLAlchemyFactory[Row]):
+    """Rows only: ids are given by the caller (org_id=…), relationships are never built."""
+
+    __is_base_factory__ = True
     __set_relationships__ = False
     __set_foreign_keys__ = False
+
+
+class OrganizationFactory(_RowFactory[Organization]):
     name = Use(lambda: f"Org {secrets.token_hex(3)}")
     slug = Use(lambda: f"org-{secrets.token_hex(6)}")
 
 
-class AgentFactory(SQLAlchemyFactory[Agent]):
-    __set_relationships__ = False
-    __set_foreign_keys__ = False
+class AgentFactory(_RowFactory[Agent]):
     email = Use(lambda: f"agent-{secrets.token_hex(6)}@example.com")
     name = Use(lambda: f"Agent {secrets.token_hex(2)}")
     password_hash = _PASSWORD_HASH
@@ -52,9 +59,7 @@ class AgentFactory(SQLAlchemyFactory[Agent]):
     token_generation = 0
 
 
-class InstanceFactory(SQLAlchemyFactory[WhatsAppInstance]):
-    __set_relationships__ = False
-    __set_foreign_keys__ = False
+class InstanceFactory(_RowFactory[WhatsAppInstance]):
     name = Use(lambda: f"inst-{secrets.token_hex(6)}")
     webhook_secret = Use(lambda: secrets.token_urlsafe(24))
     verify_token = Use(lambda: secrets.token_urlsafe(12))
@@ -94,16 +99,12 @@ async def create_tenant(session: AsyncSession) -> Tenant:
     return Tenant(org=org, admin=admin, agent=agent, instances=instances)
 
 
-class ContactFactory(SQLAlchemyFactory[Contact]):
-    __set_relationships__ = False
-    __set_foreign_keys__ = False
+class ContactFactory(_RowFactory[Contact]):
     wa_id = Use(lambda: f"5511{secrets.randbelow(10**9):09d}")
     name = "Customer"
 
 
-class ConversationFactory(SQLAlchemyFactory[Conversation]):
-    __set_relationships__ = False
-    __set_foreign_keys__ = False
+class ConversationFactory(_RowFactory[Conversation]):
     status = ConversationStatus.OPEN
     last_seq = 0
     last_message_at = Use(lambda: datetime.now(UTC))
@@ -112,11 +113,9 @@ class ConversationFactory(SQLAlchemyFactory[Conversation]):
     unread_count = 0
 
 
-class MessageFactory(SQLAlchemyFactory[Message]):
+class MessageFactory(_RowFactory[Message]):
     """A text message; inbound messages are `received`, outbound ones `delivered`."""
 
-    __set_relationships__ = False
-    __set_foreign_keys__ = False
     gateway_message_id = Use(lambda: f"MSG{secrets.token_hex(8).upper()}")
     direction = Direction.INBOUND
     type = MessageType.TEXT
