@@ -7,7 +7,6 @@ test exercises. Tests isolate themselves by creating their own organisation; not
 from __future__ import annotations
 
 import os
-import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,17 +21,13 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.config import (
-    AppSettings,
-    AuthSettings,
-    DatabaseSettings,
-    MediaSettings,
-    RedisSettings,
     Settings,
 )
 from app.lib.embedded import dev_services
 from app.lib.jobs import deserialize_job, media_queue_name, serialize_job
-from tests.databases import scratch_database
-from tests.process_rig import ApiProcess, api_processes, env_for
+from tests.kit.data import env_for, make_settings
+from tests.kit.databases import scratch_database
+from tests.kit.processes import ApiProcess, api_processes
 
 
 @pytest.fixture(scope="session")
@@ -64,24 +59,24 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, redis_url: str, media_dir: Path) -> Settings:
-    return Settings(
-        media=MediaSettings(storage_url=media_dir.resolve().as_uri()),
-        app=AppSettings(
-            environment="test", log_level=os.environ.get("TEST_LOG_LEVEL", "WARNING"), log_json=True
-        ),
-        db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=20),
-        redis=RedisSettings(url=redis_url, key_prefix=f"crm-test-{secrets.token_hex(4)}"),
+    return make_settings(
+        database_url,
+        redis_url,
+        environment="test",
+        key_prefix="crm-test",
+        log_level=os.environ.get("TEST_LOG_LEVEL", "WARNING"),
+        media={"storage_url": media_dir.resolve().as_uri()},
+        db={"pool_size": 20, "max_overflow": 20},
         # Many logins per minute from one test client: the limit itself has its own test.
-        auth=AuthSettings(
-            jwt_secret=secrets.token_urlsafe(32),
-            token_ttl_seconds=600,
-            login_attempts_per_minute=10_000,
-            login_failures_per_account=10_000,  # tests guess wrong on purpose; the limit has its own test
+        auth={
+            "token_ttl_seconds": 600,
+            "login_attempts_per_minute": 10_000,
+            "login_failures_per_account": 10_000,  # tests guess wrong on purpose; the limit has its own test
             # Every in-process test client is one address, and many tests post wrong secrets on purpose.
-            webhook_auth_failures_per_minute=10_000,
+            "webhook_auth_failures_per_minute": 10_000,
             # Factory agents are @example.com: their admins see deployment figures (the scoping has a test).
-            deployment_admins=["@example.com"],
-        ),
+            "deployment_admins": ["@example.com"],
+        },
     )
 
 

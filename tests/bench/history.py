@@ -8,8 +8,8 @@ clients, per way the page is found, each next to the least that way could cost, 
                                                                      (distinct conversations)
   uncached inbox     `?cursor=` the inbox's second page            vs raw asyncpg running the same statement
 
-The data: one conversation of 120 messages and many of 3, set-based SQL (tests.bench.read's seed), in an
-organisation of its own.
+The data: one conversation of 120 messages and many of 3, set-based SQL
+(tests.kit.factories.seed_conversations), in an organisation of its own.
 """
 
 from __future__ import annotations
@@ -28,23 +28,21 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
+from app.config import CacheSettings
 from app.domain.conversations.cache import CacheKeys
 from app.domain.conversations.read_sql import HISTORY_BEFORE, HISTORY_LATEST, inbox_sql
 from app.lib.pagination import ActivityCursor
-from tests.bench.read import PAGE_LIMIT, GetConnection, _seed
-from tests.bench.realtime_clients import percentile_ms, quiet_gc
 from tests.bench.world import (
     INBOX_PATH,
     PAGE_PATH,
     World,
-    api_server,
     find_key,
-    raw_server,
-    spawned,
-    wait_ready,
 )
-from tests.databases import plain_dsn
-from tests.process_rig import ApiProcess
+from tests.kit.clients import HttpConnection
+from tests.kit.databases import plain_dsn
+from tests.kit.factories import seed_conversations
+from tests.kit.measure import percentile_ms, quiet_gc
+from tests.kit.processes import ApiProcess, api_server, raw_server, spawned, wait_ready
 
 # The baselines run the statements the API itself sends (app.domain.conversations.read_sql), imported so
 # they cannot drift: a history window is one statement (the org-scoped conversation row with its window
@@ -83,9 +81,9 @@ async def _http_loop(
     expected: bytes | None = None,
 ) -> None:
     """`connections` keep-alive connections, each sending the next request when the last one answered."""
-    conns = [await GetConnection.open("127.0.0.1", port) for _ in range(connections)]
+    conns = [await HttpConnection.open("127.0.0.1", port) for _ in range(connections)]
 
-    async def worker(conn: GetConnection, deadline: float) -> None:
+    async def worker(conn: HttpConnection, deadline: float) -> None:
         while time.perf_counter() < deadline:
             request = next(requests, None)
             if request is None:
@@ -155,7 +153,7 @@ async def run(
     the L2 tier gets an API process of its own (no L1), started here."""
     tenant = world.history_tenant
     started = time.perf_counter()
-    hot, cold = await _seed(world.database_url, tenant, cold_count)
+    hot, cold = await seed_conversations(world.database_url, tenant, cold_count)
     seed_s = time.perf_counter() - started
     headers = {"authorization": f"Bearer {world.history_admin_token}"}
     keys = CacheKeys(world.settings.redis.key_prefix)
@@ -176,7 +174,7 @@ async def run(
             for _ in range(5):  # fills L2 and L1, and the token memory of the fast path
                 page = (await http.get(latest_path)).raise_for_status().content
             last_seq = int((await http.get(latest_path)).json()["last_seq"])
-            before = max(1, last_seq - PAGE_LIMIT + 1)
+            before = max(1, last_seq - CacheSettings.page_size + 1)
             window_path = f"{latest_path}?before_seq={before}"
             window = (await http.get(window_path)).raise_for_status().content
             inbox = (await http.get(INBOX_PATH)).raise_for_status().json()
@@ -189,8 +187,8 @@ async def run(
         (Path(tmp) / "page.json").write_bytes(page)
         wait_ready(raw)
         warm = min(0.5, seconds / 2)  # unmeasured first, per target: connections, first requests
-        raw_req = GetConnection.request(f"127.0.0.1:{raw.port}", latest_path, headers)
-        api_req = GetConnection.request(host, latest_path, headers)
+        raw_req = HttpConnection.request(f"127.0.0.1:{raw.port}", latest_path, headers)
+        api_req = HttpConnection.request(host, latest_path, headers)
         await _http_loop(raw.port, itertools.repeat(raw_req), connections, warm, Timing("warm-up"))
         await _http_loop(api.port, itertools.repeat(api_req), connections, warm, Timing("warm-up"))
         l1, raw_t = Timing("cached (L1)"), Timing("raw ASGI")
@@ -206,12 +204,12 @@ async def run(
 
         # cached (L2) vs raw Redis MGET of the version and the page
         wait_ready(l2_api)
-        l2_req = GetConnection.request(f"127.0.0.1:{l2_api.port}", latest_path, headers)
+        l2_req = HttpConnection.request(f"127.0.0.1:{l2_api.port}", latest_path, headers)
         await _http_loop(l2_api.port, itertools.repeat(l2_req), connections, warm, Timing("warm-up"))
         l2 = Timing("cached (L2)")
         await _http_loop(l2_api.port, itertools.repeat(l2_req), connections, seconds, l2, page)
         redis = Redis.from_url(world.settings.redis.url, max_connections=connections)
-        page_key = keys.page_key(scope, f"latest:{PAGE_LIMIT}")
+        page_key = keys.page_key(scope, f"latest:{CacheSettings.page_size}")
 
         async def mget(_index: int) -> None:
             await redis.mget(scope, page_key)
@@ -231,14 +229,14 @@ async def run(
             plain_dsn(world.database_url), min_size=connections, max_size=connections
         )
         try:
-            window_req = GetConnection.request(host, window_path, headers)
+            window_req = HttpConnection.request(host, window_path, headers)
             await _http_loop(api.port, itertools.repeat(window_req), connections, warm, Timing("warm-up"))
             uncached = Timing("uncached window")
             await _http_loop(api.port, itertools.repeat(window_req), connections, seconds, uncached, window)
 
             async def window_sql(_index: int) -> None:
                 async with pool.acquire() as conn:
-                    await conn.fetch(HISTORY_BEFORE, hot, tenant.org_id, PAGE_LIMIT, before)
+                    await conn.fetch(HISTORY_BEFORE, hot, tenant.org_id, CacheSettings.page_size, before)
 
             sql_t = Timing("raw asyncpg")
             await _call_loop(window_sql, connections, warm, Timing("warm-up"))
@@ -249,7 +247,7 @@ async def run(
 
             # first read: a distinct never-read conversation per request; baseline on the other half
             half = len(cold) // 2
-            fresh = (GetConnection.request(host, PAGE_PATH.format(c), headers) for c in cold[:half])
+            fresh = (HttpConnection.request(host, PAGE_PATH.format(c), headers) for c in cold[:half])
             first = Timing("first read")
             await _http_loop(api.port, fresh, connections, seconds, first)
             others: Iterator[UUID] = iter(cold[half:])
@@ -257,7 +255,7 @@ async def run(
             async def latest_sql(_index: int) -> None:
                 conversation = next(others, cold[-1])
                 async with pool.acquire() as conn:
-                    await conn.fetch(HISTORY_LATEST, conversation, tenant.org_id, PAGE_LIMIT)
+                    await conn.fetch(HISTORY_LATEST, conversation, tenant.org_id, CacheSettings.page_size)
 
             first_sql = Timing("raw asyncpg")
             await _call_loop(latest_sql, connections, seconds, first_sql)
@@ -272,7 +270,7 @@ async def run(
             )
 
             # the inbox's second page (a cursor: never cached) vs raw asyncpg, the same statement
-            inbox_req = GetConnection.request(host, inbox_page_path, headers)
+            inbox_req = HttpConnection.request(host, inbox_page_path, headers)
             await _http_loop(api.port, itertools.repeat(inbox_req), connections, warm, Timing("warm-up"))
             uncached_inbox = Timing("uncached inbox")
             await _http_loop(
@@ -283,7 +281,9 @@ async def run(
 
             async def inbox_raw(_index: int) -> None:
                 async with pool.acquire() as conn:
-                    await conn.fetch(inbox_statement, tenant.org_id, PAGE_LIMIT + 1, position.at, position.id)
+                    await conn.fetch(
+                        inbox_statement, tenant.org_id, CacheSettings.page_size + 1, position.at, position.id
+                    )
 
             inbox_t = Timing("raw asyncpg")
             await _call_loop(inbox_raw, connections, warm, Timing("warm-up"))

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -24,37 +22,12 @@ import asyncpg
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.server.run import proxy_cli_args
-from tests.bench import harness
-from tests.bench.loadgen import HttpConnection
-from tests.databases import plain_dsn
-from tests.factories import create_tenant
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    return statistics.quantiles(samples, n=1000)[int(q * 10) - 1] * 1000 if len(samples) > 1 else 0.0
-
-
-def evolution_body(instance: str, message_id: str, chat: str, text: str) -> bytes:
-    return json.dumps(
-        {
-            "event": "messages.upsert",
-            "instance": instance,
-            "data": {
-                "key": {"remoteJid": f"{chat}@s.whatsapp.net", "fromMe": False, "id": message_id},
-                "pushName": "Bench Customer",
-                "message": {"conversation": text},
-                "messageType": "conversation",
-                "messageTimestamp": int(time.time()),
-            },
-            "date_time": "2026-11-24T12:00:00.000Z",
-        }
-    ).encode()
+from tests.kit import runner
+from tests.kit.clients import HttpConnection
+from tests.kit.data import evolution_body
+from tests.kit.databases import plain_dsn
+from tests.kit.factories import create_tenant
+from tests.kit.measure import free_port, percentile_ms
 
 
 async def _run_senders(
@@ -116,7 +89,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
     await engine.dispose()
     instance = tenant.instance("evolution")
 
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -191,16 +164,16 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
         f"{args.conversations} conversations, {args.api_workers} API worker(s), {os.cpu_count()} CPUs"
     )
     print(
-        f"  webhooks   {rate:8.0f}/s   ack p50 {_percentile(latencies, 50):6.2f} ms   "
-        f"p99 {_percentile(latencies, 99):6.2f} ms   statuses {statuses}"
+        f"  webhooks   {rate:8.0f}/s   ack p50 {percentile_ms(latencies, 50):6.2f} ms   "
+        f"p99 {percentile_ms(latencies, 99):6.2f} ms   statuses {statuses}"
     )
     print(
-        f"  raw INSERT {raw_rate:8.0f}/s   p50 {_percentile(raw_latencies, 50):6.2f} ms   "
-        f"p99 {_percentile(raw_latencies, 99):6.2f} ms   (asyncpg, {args.senders} connections)"
+        f"  raw INSERT {raw_rate:8.0f}/s   p50 {percentile_ms(raw_latencies, 50):6.2f} ms   "
+        f"p99 {percentile_ms(raw_latencies, 99):6.2f} ms   (asyncpg, {args.senders} connections)"
     )
     print(
-        f"  HTTP floor {floor_rate:8.0f}/s   p50 {_percentile(floor_latencies, 50):6.2f} ms   "
-        f"p99 {_percentile(floor_latencies, 99):6.2f} ms   (404 before any database work; {floor_statuses})"
+        f"  HTTP floor {floor_rate:8.0f}/s   p50 {percentile_ms(floor_latencies, 50):6.2f} ms   "
+        f"p99 {percentile_ms(floor_latencies, 99):6.2f} ms   (404 before any database work; {floor_statuses})"
     )
     print(
         f"  ratio webhooks/raw = {rate / raw_rate:.2f}   (goal, issue 13: >= 0.25; "
@@ -215,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument("--conversations", type=int, default=500)
     parser.add_argument("--api-workers", type=int, default=1)
-    harness.add_timeout(parser, 600.0)
-    harness.run(run, parser.parse_args(argv), "crm_bench")
+    runner.add_timeout(parser, 600.0)
+    runner.run(run, parser.parse_args(argv), "crm_bench")
 
 
 if __name__ == "__main__":

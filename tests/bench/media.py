@@ -40,11 +40,8 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import signal
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -59,17 +56,15 @@ from PIL import Image, ImageFilter
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from app.config import AppSettings, AuthSettings, DatabaseSettings, MediaSettings, RedisSettings, Settings
+from app.config import MediaSettings, Settings
 from app.lib.jobs import media_queue_name
-from tests.bench import harness
-from tests.bench.ingest import evolution_body
-from tests.bench.loadgen import HttpConnection
-from tests.bench.realtime import UVICORN_ARGS, _cpu_seconds
-from tests.bench.realtime_clients import percentile_ms, quiet_gc
-from tests.databases import plain_dsn
-from tests.factories import create_tenant
-from tests.process_rig import ROOT, api_processes, env_for
-from tests.webhooks import fixture_for
+from tests.kit import runner
+from tests.kit.clients import HttpConnection
+from tests.kit.data import env_for, evolution_body, fixture_for, make_settings
+from tests.kit.databases import plain_dsn
+from tests.kit.factories import create_tenant
+from tests.kit.measure import cpu_seconds, machine_jiffies, percentile_ms, quiet_gc
+from tests.kit.processes import PRODUCTION_WS_ARGS, ArqWorker, api_processes
 
 GATEWAY = "evolution"
 IMAGE_SIZE = (1600, 1200)  # 1.9 MP, the fixture's declared size: a phone photo as WhatsApp sends it
@@ -153,64 +148,12 @@ class Images:
 # -- processes and CPU ------------------------------------------------------------------------------------
 
 
-class MediaWorker:
-    """The media worker as deployed (`python -m arq app.workers.MediaWorkerSettings`) in a process group
-    of its own; under `nice -n N` when asked."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, nice: int, settings_path: str) -> None:
-        self.log_path = log_path
-        command = [sys.executable, "-m", "arq", settings_path]
-        if nice:
-            command = ["nice", "-n", str(nice), *command]  # nice execs python: the pid stays the worker's
-        with log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pid = self._proc.pid
-        self.started = time.perf_counter()
-
-    def alive(self) -> bool:
-        return self._proc.poll() is None
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self._proc.returncode is None:  # not reaped, so the group id is still ours
-            with suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        self.signal(signal.SIGCONT)  # a paused worker would not act on SIGTERM
-        self.signal(signal.SIGTERM)
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self._proc.wait()
-
-    def tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _machine_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs of the host, this run's processes and any neighbour's."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:9]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
 def _cpu_of(pids: list[int]) -> dict[int, float]:
     """CPU seconds of each process still there."""
     seconds = {}
     for pid in pids:
         with suppress(OSError):
-            seconds[pid] = _cpu_seconds(pid)
+            seconds[pid] = cpu_seconds(pid)
     return seconds
 
 
@@ -226,10 +169,10 @@ class CpuSample:
 
     @classmethod
     def take(cls, api_pid: int, worker_pids: list[int], postgres_pids: list[int]) -> CpuSample:
-        busy, total = _machine_jiffies()
+        busy, total = machine_jiffies()
         return cls(
             time.perf_counter(),
-            _cpu_seconds(api_pid),
+            cpu_seconds(api_pid),
             sum(_cpu_of(worker_pids).values()),
             time.process_time(),
             _cpu_of(postgres_pids),
@@ -388,13 +331,10 @@ async def _post_all(
 
 
 def _settings(database_url: str, storage_url: str, concurrency: int) -> Settings:
-    prefix = f"crm-bench-media-{secrets.token_hex(4)}"
-    return Settings(
-        app=AppSettings(environment="bench", log_level="WARNING", log_json=True),
-        db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=10),
-        redis=RedisSettings(url=os.environ["REDIS_URL"], key_prefix=prefix),
-        auth=AuthSettings(jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=3600),
-        media=MediaSettings(storage_url=storage_url, concurrency=concurrency),
+    return make_settings(
+        database_url,
+        key_prefix="crm-bench-media",
+        media={"storage_url": storage_url, "concurrency": concurrency},
     )
 
 
@@ -433,7 +373,7 @@ class Bench:
         self.args, self.database_url, self.settings, self.storage = args, database_url, settings, storage
         self.queue = media_queue_name(settings.redis.key_prefix)
         self.out = Outcome()
-        self.workers: list[MediaWorker] = []
+        self.workers: list[ArqWorker] = []
 
     async def _counts(self, conn: asyncpg.Connection) -> dict[str, int]:
         rows = await conn.fetch("SELECT state::text AS state, count(*) AS n FROM media GROUP BY state")
@@ -468,10 +408,10 @@ class Bench:
                 settings_path = WORKER_SETTINGS if args.poll_delay is None else TUNED_SETTINGS
                 for n in range(args.media_workers):
                     log = Path(logs) / f"worker-{n}.log"
-                    self.workers.append(MediaWorker(env, log, args.worker_nice, settings_path))
+                    self.workers.append(ArqWorker(env, log, settings_path, nice=args.worker_nice))
                 images = Images(_base_jpeg(), args.images)  # while the worker imports
                 out.distinct_sent = images.distinct
-                with api_processes(1, env, extra_args=UVICORN_ARGS) as (api,):
+                with api_processes(1, env, extra_args=PRODUCTION_WS_ARGS) as (api,):
                     await self._pause_when_idle(redis)
                     load = TextLoad(api.port, instance, args.senders, args.rate)
                     await self._preload(load, images, conn, redis)
@@ -807,7 +747,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-nice", type=int, default=0, help="start the media worker(s) under nice -n")
     parser.add_argument("--poll-delay", type=float, default=None, help="the worker's arq poll_delay (0.5)")
     parser.add_argument("--drain-limit", type=float, default=None, help="seconds (default 40; quick 5)")
-    harness.add_timeout(parser, 600.0)
+    runner.add_timeout(parser, 600.0)
     args = parser.parse_args(argv)
     quick = args.quick
     args.seconds = args.seconds or (4.0 if quick else 15.0)
@@ -815,7 +755,7 @@ def main(argv: list[str] | None = None) -> None:
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     args.drain_limit = args.drain_limit if args.drain_limit is not None else (5.0 if quick else 40.0)
 
-    harness.run(run, args, "crm_bench_media", uvloop=True)
+    runner.run(run, args, "crm_bench_media", uvloop=True)
 
 
 if __name__ == "__main__":

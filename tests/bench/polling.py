@@ -11,7 +11,7 @@ counted (/stats).
 
 Baselines in the same run: the same polling agents against a raw ASGI app answering the same bytes (the
 least any Python server pays per poll), and the same WebSocket agents against the minimal Redis→WebSocket
-relay of `tests.bench.realtime_relay`, fed the same frames at the same rate; and the webhook traffic with no
+relay of `tests.kit.ws_relay`, fed the same frames at the same rate; and the webhook traffic with no
 agent at all (what the API spends on ingest alone).
 """
 
@@ -36,12 +36,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
-from tests.bench.loadgen import HttpConnection
-from tests.bench.read import GetConnection
-from tests.bench.realtime import UVICORN_ARGS
-from tests.bench.realtime_clients import percentile_ms
-from tests.bench.realtime_idle import raise_fd_limit
-from tests.bench.realtime_relay import relay_processes
 from tests.bench.world import (
     INBOX_PATH,
     MARK,
@@ -49,17 +43,19 @@ from tests.bench.world import (
     PREVIEW_MARK,
     World,
     body_text,
-    cpu_seconds,
     find_key,
     find_numbers,
-    raw_server,
-    spawned,
-    wait_ready,
 )
-from tests.process_rig import ApiProcess
+from tests.kit.clients import HttpConnection
+from tests.kit.measure import cpu_seconds_fine as cpu_seconds
+from tests.kit.measure import percentile_ms, raise_fd_limit
+from tests.kit.processes import PRODUCTION_WS_ARGS, ApiProcess, raw_server, spawned, wait_ready
+from tests.kit.ws_relay import relay_processes
 
 POLL_S = 3.0  # the old frontend's interval
-HEARTBEAT_S = float(UVICORN_ARGS[UVICORN_ARGS.index("--ws-ping-interval") + 1])  # pings per socket
+HEARTBEAT_S = float(
+    PRODUCTION_WS_ARGS[PRODUCTION_WS_ARGS.index("--ws-ping-interval") + 1]
+)  # pings per socket
 _PREVIEW_MARK_STR = PREVIEW_MARK.decode()
 _LAST_SEQ = b'"last_seq":'
 # The seed's claims (README of the seed): requests per minute at 10 / 100 / 1,000 users.
@@ -196,12 +192,12 @@ class PollingAgent:
         host = f"127.0.0.1:{port}"
         headers = {"authorization": f"Bearer {token}"}
         self.port, self.counts = port, counts
-        self.inbox = GetConnection.request(host, INBOX_PATH, headers)
-        self.page = GetConnection.request(host, PAGE_PATH.format(conversation), headers)
-        self.conn: GetConnection | None = None
+        self.inbox = HttpConnection.request(host, INBOX_PATH, headers)
+        self.page = HttpConnection.request(host, PAGE_PATH.format(conversation), headers)
+        self.conn: HttpConnection | None = None
 
     async def open(self) -> None:
-        self.conn = await GetConnection.open("127.0.0.1", self.port)
+        self.conn = await HttpConnection.open("127.0.0.1", self.port)
 
     async def _get(self, request: bytes) -> bytes:
         for attempt in (0, 1):  # a keep-alive connection the server closed: reopen once, as a browser does

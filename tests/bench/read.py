@@ -1,5 +1,5 @@
 """`just bench-read`: the cached latest page of a conversation (GET /api/whatsapp-optimized/messages/{id})
-in req/s and p50/p99, next to a raw ASGI endpoint answering the same bytes (tests.bench.raw_asgi), with the
+in req/s and p50/p99, next to a raw ASGI endpoint answering the same bytes (tests.kit.raw_asgi), with the
 same load generator and connections in the same run; Postgres statements per cached request; and the API
 process's RSS after reading 1k and then 100k more distinct conversations with a fixed L1 budget. Prints
 figures; it passes or fails nothing (timings on shared machines are noisy).
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import tempfile
 import time
 from collections.abc import Iterable
@@ -35,19 +34,17 @@ import msgspec
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from app.config import AppSettings, AuthSettings, CacheSettings, DatabaseSettings, RedisSettings, Settings
+from app.config import Settings
 from app.domain.accounts.auth import TokenIssuer
 from app.domain.conversations.cache import CacheKeys
 from app.domain.conversations.schemas import MessageOut, MessagePage
-from tests.bench import harness
-from tests.bench.loadgen import HttpConnection
-from tests.bench.realtime import _cpu_seconds
-from tests.bench.realtime_clients import percentile_ms, quiet_gc
-from tests.bench.realtime_idle import rss_kb
-from tests.bench.world import api_server, raw_server, spawned, wait_ready
-from tests.databases import plain_dsn
-from tests.factories import Tenant, create_tenant
-from tests.process_rig import ApiProcess, env_for
+from tests.kit import runner
+from tests.kit.clients import HttpConnection
+from tests.kit.data import env_for, make_settings
+from tests.kit.databases import drop_redis_keys, plain_dsn
+from tests.kit.factories import create_tenant, seed_conversations
+from tests.kit.measure import cpu_seconds, percentile_ms, quiet_gc, rss_kib
+from tests.kit.processes import ApiProcess, api_server, raw_server, spawned, wait_ready
 
 HOT_MESSAGES = 120  # more than a page: the latest page is full (50) and says has_more_before
 COLD_MESSAGES = 3
@@ -59,26 +56,6 @@ PAGE_LIMIT = 50  # the API's default page size, the variant the page cache keeps
 _MIB = 1024 * 1024
 
 # -- the client -------------------------------------------------------------------------------------------
-
-
-class GetConnection(HttpConnection):
-    """loadgen's keep-alive connection with a GET: the request is prepared once, the response head read in
-    one call (this client shares 2 cores with the servers it measures)."""
-
-    @staticmethod
-    def request(host: str, path: str, headers: dict[str, str]) -> bytes:
-        head = [f"GET {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
-        return ("\r\n".join(head) + "\r\n\r\n").encode()
-
-    async def get(self, request: bytes) -> tuple[int, bytes, float]:
-        """(status, body, seconds until the full response arrived)."""
-        started = time.perf_counter()
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        at = head.lower().find(b"\r\ncontent-length:")
-        length = int(head[at + 17 : head.index(b"\r\n", at + 2)]) if at >= 0 else 0
-        body = await self.reader.readexactly(length) if length else b""
-        return int(head[9:12]), body, time.perf_counter() - started
 
 
 @dataclass
@@ -106,12 +83,12 @@ async def _hammer(
 ) -> None:
     """`connections` keep-alive connections, each sending the next request when the last one answered, for
     `seconds` (a closed loop: the figure is throughput at this concurrency, latency includes queueing)."""
-    conns = [await GetConnection.open("127.0.0.1", port) for _ in range(connections)]
+    conns = [await HttpConnection.open("127.0.0.1", port) for _ in range(connections)]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     wrong = 0
 
-    async def worker(conn: GetConnection, deadline: float) -> None:
+    async def worker(conn: HttpConnection, deadline: float) -> None:
         nonlocal wrong
         clock = time.perf_counter
         while clock() < deadline:
@@ -123,7 +100,7 @@ async def _hammer(
 
     try:
         with quiet_gc():
-            server_cpu, client_cpu = (_cpu_seconds(load.pid) if load else 0.0), time.process_time()
+            server_cpu, client_cpu = (cpu_seconds(load.pid) if load else 0.0), time.process_time()
             started = time.perf_counter()
             await asyncio.gather(*(worker(c, started + seconds) for c in conns))
             elapsed = time.perf_counter() - started
@@ -138,7 +115,7 @@ async def _hammer(
     for status, count in statuses.items():
         load.statuses[status] = load.statuses.get(status, 0) + count
     load.wrong_bodies += wrong
-    load.server_cpu += _cpu_seconds(load.pid) - server_cpu
+    load.server_cpu += cpu_seconds(load.pid) - server_cpu
     load.client_cpu += time.process_time() - client_cpu
     load.runs.append(len(latencies) / elapsed)
 
@@ -152,10 +129,10 @@ async def _read_each(
     statuses: dict[int, int] = {}
 
     async def worker() -> None:
-        conn = await GetConnection.open("127.0.0.1", port)
+        conn = await HttpConnection.open("127.0.0.1", port)
         try:
             for path in queue:
-                status, _, _ = await conn.get(GetConnection.request(host, path, headers))
+                status, _, _ = await conn.get(HttpConnection.request(host, path, headers))
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
             await conn.close()
@@ -165,74 +142,6 @@ async def _read_each(
 
 
 # -- the data ---------------------------------------------------------------------------------------------
-
-
-async def _seed(database_url: str, tenant: Tenant, cold: int) -> tuple[UUID, list[UUID]]:
-    """One hot conversation of HOT_MESSAGES and `cold` conversations of COLD_MESSAGES, by set-based SQL."""
-    org, instance = tenant.org_id, tenant.instance("evolution").id
-    conn = await asyncpg.connect(plain_dsn(database_url))
-    try:
-        async with conn.transaction():
-            await conn.execute(
-                "CREATE TEMP TABLE seed ON COMMIT DROP AS SELECT g, "
-                "CASE WHEN g = 0 THEN $1::int ELSE $2::int END AS k, gen_random_uuid() AS contact_id, "
-                "gen_random_uuid() AS conversation_id FROM generate_series(0, $3::int) g",
-                HOT_MESSAGES,
-                COLD_MESSAGES,
-                cold,
-            )
-            await conn.execute(
-                "INSERT INTO contacts (id, org_id, wa_id, name, created_at, updated_at) "
-                "SELECT contact_id, $1, '5511' || lpad(g::text, 9, '0'), 'Customer ' || g, now(), now() "
-                "FROM seed",
-                org,
-            )
-            await conn.execute(
-                "INSERT INTO conversations (id, org_id, instance_id, contact_id, status, last_seq, "
-                "last_message_at, last_message_preview, last_message_direction, unread_count, "
-                "created_at, updated_at) "
-                "SELECT conversation_id, $1, $2, contact_id, 'open', k, now() - g * interval '1 second', "
-                "'message ' || k, 'inbound', 0, now(), now() FROM seed",
-                org,
-                instance,
-            )
-            await conn.execute(
-                "INSERT INTO messages (id, org_id, conversation_id, instance_id, seq, gateway_message_id, "
-                "direction, type, body, status, sent_at, received_at, raw, send_attempts, created_at, "
-                "updated_at) "
-                "SELECT gen_random_uuid(), $1, s.conversation_id, $2, m, 'SEED' || s.g || '-' || m, "
-                "CASE WHEN m % 2 = 0 THEN 'outbound' ELSE 'inbound' END, 'text', "
-                "'Hello, this is message ' || m || ' of conversation ' || s.g || ': where is my order?', "
-                "CASE WHEN m % 2 = 0 THEN 'delivered' ELSE 'received' END, "
-                "now() - (s.k - m) * interval '1 minute', now() - (s.k - m) * interval '1 minute', "
-                "'{}'::jsonb, 0, now(), now() "
-                "FROM seed s, generate_series(1, s.k) m",
-                org,
-                instance,
-            )
-            rows = await conn.fetch("SELECT conversation_id FROM seed ORDER BY g")
-        await conn.execute("ANALYZE contacts; ANALYZE conversations; ANALYZE messages")
-    finally:
-        await conn.close()
-    ids = [row["conversation_id"] for row in rows]
-    return ids[0], ids[1:]
-
-
-async def _drop_redis_keys(url: str, prefix: str) -> int:
-    redis = Redis.from_url(url)
-    dropped = 0
-    try:
-        batch: list[bytes] = []
-        async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                dropped += await redis.unlink(*batch)
-                batch.clear()
-        if batch:
-            dropped += await redis.unlink(*batch)
-    finally:
-        await redis.aclose()
-    return dropped
 
 
 async def _prefill_l2(
@@ -310,16 +219,13 @@ async def _prefill_l2(
 
 
 def _settings(database_url: str, budget: int) -> Settings:
-    return Settings(
-        app=AppSettings(environment="bench", log_level="WARNING", log_json=True),
-        db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=10),
-        redis=RedisSettings(url=os.environ["REDIS_URL"], key_prefix=f"crm-bench-read-{secrets.token_hex(4)}"),
-        # The bench's admin reads the process figures of /stats: it is a deployment admin (factory agents
-        # are @example.com).
-        auth=AuthSettings(
-            jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=3600, deployment_admins=["@example.com"]
-        ),
-        cache=CacheSettings(memory_max_bytes=budget),
+    # The bench's admin reads the process figures of /stats: it is a deployment admin (factory agents are
+    # @example.com).
+    return make_settings(
+        database_url,
+        key_prefix="crm-bench-read",
+        auth={"deployment_admins": ["@example.com"]},
+        cache={"memory_max_bytes": budget},
     )
 
 
@@ -388,7 +294,7 @@ class Bench:
         raw = wait_ready(self.raw)
         loads = {"raw": Load("raw ASGI", raw.pid), "api": Load("cached GET", self.api.pid)}
         ports = {"raw": raw.port, "api": self.api.port}
-        requests = {t: GetConnection.request(f"127.0.0.1:{p}", path, self.headers) for t, p in ports.items()}
+        requests = {t: HttpConnection.request(f"127.0.0.1:{p}", path, self.headers) for t, p in ports.items()}
         # Unmeasured first (--warmup s each): connections, the servers' first requests, this process's caches.
         for target in ("raw", "api"):
             await _hammer(ports[target], requests[target], page, args.connections, args.warmup, None)
@@ -407,7 +313,7 @@ class Bench:
         raw.terminate()  # idle from here on, but not kept
         floor = Load("/health", self.api.pid)
         health = (await self.http.get(FLOOR_PATH)).content
-        request = GetConnection.request(f"127.0.0.1:{self.api.port}", FLOOR_PATH, self.headers)
+        request = HttpConnection.request(f"127.0.0.1:{self.api.port}", FLOOR_PATH, self.headers)
         await _hammer(self.api.port, request, health, args.connections, args.seconds, floor)
         m0, m1 = before["cache"], after["cache"]
         return Throughput(
@@ -428,11 +334,11 @@ class Bench:
         statuses = await _read_each(self.api.port, paths, self.headers, self.args.read_concurrency)
         seconds = time.perf_counter() - started
         await asyncio.sleep(self.args.settle)  # let the last responses' buffers go before sampling
-        rss = rss_kb(self.api.pid)
+        rss = rss_kib(self.api.pid)
         return Memory(len(ids), seconds, statuses, rss, (await self.stats())["cache"])
 
     async def rss(self, database_url: str, settings: Settings, org_id: UUID, cold: list[UUID]) -> Rss:
-        baseline = rss_kb(self.api.pid)
+        baseline = rss_kib(self.api.pid)
         if not self.args.cold:
             # What the API loads from Postgres for one conversation, to compare with the prefilled bytes.
             response = await self.http.get(PAGE_PATH.format(cold[0]))
@@ -480,7 +386,13 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
         flush=True,
     )
     started = time.perf_counter()
-    hot, cold = await _seed(database_url, tenant, WARM_SET + args.conversations)
+    hot, cold = await seed_conversations(
+        database_url,
+        tenant,
+        WARM_SET + args.conversations,
+        hot_messages=HOT_MESSAGES,
+        cold_messages=COLD_MESSAGES,
+    )
     print(
         f"  seeded {len(cold):,} conversations x {COLD_MESSAGES} messages + 1 hot conversation x "
         f"{HOT_MESSAGES} messages in {time.perf_counter() - started:.1f} s",
@@ -508,7 +420,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
                 rss = await bench.rss(database_url, settings, tenant.org_id, cold)
                 _print_rss(rss)
     finally:
-        dropped = await _drop_redis_keys(settings.redis.url, settings.redis.key_prefix)
+        dropped = await drop_redis_keys(settings.redis.url, settings.redis.key_prefix)
     print(f"  cleanup: {dropped:,} Redis keys dropped; total {time.perf_counter() - total_started:.0f} s")
     _print_summary(args, budget, throughput, rss)
 
@@ -640,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cold", action="store_true", help="RSS part: read pages from Postgres, not a prefilled L2 (slower)"
     )
-    harness.add_timeout(parser, 900.0)
+    runner.add_timeout(parser, 900.0)
     args = parser.parse_args(argv)
     quick = args.quick
     args.seconds = args.seconds or (2.0 if quick else 5.0)
@@ -649,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     args.settle = args.settle if args.settle is not None else (0.5 if quick else 1.0)
     args.conversations = args.conversations or (10_000 if quick else 100_000)
 
-    harness.run(run, args, "crm_bench_read", uvloop=True)
+    runner.run(run, args, "crm_bench_read", uvloop=True)
 
 
 if __name__ == "__main__":

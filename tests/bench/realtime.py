@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import time
 from uuid import UUID
 
@@ -28,48 +27,27 @@ import httpx
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from app.config import AppSettings, AuthSettings, DatabaseSettings, RealtimeSettings, RedisSettings, Settings
+from app.config import Settings
 from app.domain.accounts.auth import TokenIssuer
-from app.server.run import cli_args
-from tests.bench import harness
-from tests.bench.ingest import evolution_body
-from tests.bench.loadgen import HttpConnection
-from tests.bench.realtime_clients import Recorder, RoomSockets, body_for, drain, paced, quiet_gc
-from tests.bench.realtime_idle import IdleResult, idle_memory, raise_fd_limit
-from tests.bench.realtime_relay import relay_processes
+from tests.bench.realtime_clients import Recorder, RoomSockets, body_for, drain, paced
+from tests.bench.realtime_idle import IdleResult, idle_memory
 from tests.bench.realtime_report import ApiStats, print_report
-from tests.databases import plain_dsn
-from tests.factories import Tenant, create_tenant
-from tests.process_rig import ApiProcess, api_processes, env_for
+from tests.kit import runner
+from tests.kit.clients import HttpConnection
+from tests.kit.data import env_for, evolution_body, make_settings
+from tests.kit.databases import plain_dsn
+from tests.kit.factories import Tenant, create_tenant
+from tests.kit.measure import cpu_seconds, machine_jiffies, quiet_gc, raise_fd_limit
+from tests.kit.processes import PRODUCTION_WS_ARGS, ApiProcess, api_processes
+from tests.kit.ws_relay import relay_processes
 
-# app.server.run's (production) WebSocket options: implementation, message size, keepalive, no deflate.
-UVICORN_ARGS = cli_args(RealtimeSettings())
 HTTP_CONNECTIONS_PER_PROCESS = 16  # to start with; more are opened when all are busy
 DRAIN_S = 10.0
 
 
 def _settings(database_url: str) -> Settings:
-    return Settings(
-        app=AppSettings(environment="bench", log_level="WARNING", log_json=True),
-        db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=10),
-        redis=RedisSettings(url=os.environ["REDIS_URL"], key_prefix=f"crm-bench-{secrets.token_hex(4)}"),
-        auth=AuthSettings(jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=3600),
-        # Subscribing 900 sockets is one frame each, but the limit must never be what is measured.
-        realtime=RealtimeSettings(frames_per_second=10_000.0),
-    )
-
-
-def _machine_busy_and_total() -> tuple[float, float]:
-    """(busy, all) CPU seconds of the whole machine since boot, from /proc/stat."""
-    with open("/proc/stat") as stat:
-        ticks = [int(v) for v in stat.readline().split()[1:9]]
-    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # minus idle and iowait (ticks: only ratios used)
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    # Subscribing 900 sockets is one frame each, but the limit must never be what is measured.
+    return make_settings(database_url, realtime={"frames_per_second": 10_000.0})
 
 
 class Scenario:
@@ -160,15 +138,15 @@ async def _api_run(scenario: Scenario, procs: list[ApiProcess], recorder: Record
             finally:
                 pool.put_nowait(conn)
 
-        cpu_before, machine_before = [_cpu_seconds(p.pid) for p in procs], _machine_busy_and_total()
+        cpu_before, machine_before = [cpu_seconds(p.pid) for p in procs], machine_jiffies()
         wall, bench_cpu = time.perf_counter(), time.process_time()
         with quiet_gc():
             stats.achieved, stats.failures = await paced(recorder, args.rate, send)
             # CPU over the load window only: a long drain (missing frames) would dilute it.
             wall = time.perf_counter() - wall
-            stats.api_cpu = [(_cpu_seconds(p.pid) - b) / wall for p, b in zip(procs, cpu_before, strict=True)]
+            stats.api_cpu = [(cpu_seconds(p.pid) - b) / wall for p, b in zip(procs, cpu_before, strict=True)]
             stats.bench_cpu = (time.process_time() - bench_cpu) / wall
-            busy, total = (a - b for a, b in zip(_machine_busy_and_total(), machine_before, strict=True))
+            busy, total = (a - b for a, b in zip(machine_jiffies(), machine_before, strict=True))
             stats.machine_busy = busy / total * (os.cpu_count() or 1)
             await drain(recorder, len(recorder.measured()) * args.agents_per_room, DRAIN_S)
         stats.lost = sockets.lost  # before close(): only what the server closed
@@ -209,7 +187,7 @@ async def _relay_run(
 
 async def _idle(args: argparse.Namespace, env: dict[str, str], token: str) -> IdleResult:
     """Memory per idle socket, in a fresh API process of its own."""
-    with api_processes(1, env, extra_args=UVICORN_ARGS) as (proc,):
+    with api_processes(1, env, extra_args=PRODUCTION_WS_ARGS) as (proc,):
         async with httpx.AsyncClient(base_url=proc.base_url, trust_env=False, timeout=10) as http:
 
             async def server_count() -> int:
@@ -239,7 +217,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
     env = env_for(settings, WS_MAX_SOCKETS_PER_AGENT=str(10**6))
 
     api = _recorder(args)
-    with api_processes(2, env, extra_args=UVICORN_ARGS) as procs:
+    with api_processes(2, env, extra_args=PRODUCTION_WS_ARGS) as procs:
         await _create_rooms(scenario, procs, database_url)
         api_stats = await _api_run(scenario, procs, api)
 
@@ -270,8 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--idle", type=int, default=5000, help="idle sockets for the memory figure (0: not measured)"
     )
-    harness.add_timeout(parser, 900.0)
-    harness.run(run, parser.parse_args(argv), "crm_bench_rt")
+    runner.add_timeout(parser, 900.0)
+    runner.run(run, parser.parse_args(argv), "crm_bench_rt")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import math
-import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -90,12 +88,6 @@ class Recorder:
     def every_agent_latencies(self, per_room: int) -> list[float]:
         """Per message: start until the last socket of its room had it (messages fully delivered only)."""
         return [self.last_receipt[i] - self.t0[i] for i in self.measured() if self.received[i] >= per_room]
-
-
-def percentile_ms(samples: list[float], q: float) -> float:
-    if len(samples) < 2:
-        return samples[0] * 1000 if samples else math.nan
-    return statistics.quantiles(samples, n=1000, method="inclusive")[int(q * 10) - 1] * 1000
 
 
 async def _recv_type(conn: ClientConnection, wanted: str, timeout: float = 10.0) -> dict[str, object]:
@@ -186,20 +178,6 @@ async def paced(
         await asyncio.wait(in_flight, timeout=30)
     count = recorder.total - recorder.first
     return (count - 1) / measured_for if measured_for > 0 and count > 1 else math.nan, failures
-
-
-@contextlib.contextmanager
-def quiet_gc() -> Iterator[None]:
-    """No collector pauses in the bench process while it measures: they would show up as latency that
-    is the client's. What exists is frozen (out of every later collection); the window is seconds long."""
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()
 
 
 async def drain(recorder: Recorder, expected: int, timeout: float) -> None:

@@ -7,8 +7,9 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from tests.bench.realtime_clients import Recorder, percentile_ms
+from tests.bench.realtime_clients import Recorder
 from tests.bench.realtime_idle import IdleResult
+from tests.kit.measure import percentile_ms
 
 
 @dataclass

@@ -2,19 +2,15 @@
 WebSocket subscribed to its open conversation, idle (no message traffic while sampling). A fresh API process;
 the same sockets against the minimal Redis→WebSocket relay in the same run as the floor.
 
-The client side is bare asyncio streams (the HTTP upgrade by hand, as tests.bench.realtime_idle does, plus
-one masked `subscribe` frame): a websockets client per socket would cost this process far more than the
-server spends. The server's frames (`ready`, `replay.done`) wait unread in the client's kernel buffers.
+The client side is the kit's RawWebSocket (the HTTP upgrade by hand, one asyncio.Protocol per socket,
+plus one masked `subscribe` frame): a websockets client per socket would cost this process far more than
+the server spends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import json
 import os
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,49 +18,17 @@ from urllib.parse import quote
 
 import httpx
 
-from tests.bench.realtime_idle import raise_fd_limit, rss_kb
-from tests.bench.realtime_relay import relay_processes
-from tests.bench.world import World, wait_ready
-from tests.process_rig import ApiProcess
-
-_MIB = 1024 * 1024
-
-
-def text_frame(text: str) -> bytes:
-    """One masked client text frame (RFC 6455 5.2)."""
-    payload = text.encode()
-    mask = os.urandom(4)
-    size = len(payload)
-    head = bytes([0x81]) + (
-        bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack("!H", size)
-    )
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+from tests.bench.world import World
+from tests.kit.clients import RawWebSocket, close_all
+from tests.kit.measure import raise_fd_limit, rss_kib
+from tests.kit.processes import ApiProcess, wait_ready
+from tests.kit.ws_relay import relay_processes
 
 
-async def _open(port: int, path: str, conversation: str) -> asyncio.StreamWriter:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-    if not head.startswith(b"HTTP/1.1 101"):
-        writer.close()
-        raise ConnectionError(head.decode(errors="replace")[:200])
-    writer.write(text_frame(json.dumps({"type": "subscribe", "conversation_id": conversation})))
-    await writer.drain()
-    return writer
-
-
-async def _close(writers: list[asyncio.StreamWriter]) -> None:
-    for writer in writers:
-        writer.close()
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(10):
-            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+async def _open(port: int, path: str, conversation: str) -> RawWebSocket:
+    ws = await RawWebSocket.open(port, path)
+    ws.send_json({"type": "subscribe", "conversation_id": conversation})
+    return ws
 
 
 async def _series(
@@ -78,7 +42,7 @@ async def _series(
 ) -> tuple[int, list[dict[str, Any]], int, int | None]:
     """RSS (KB) before any socket, then at each step of connected users; how many sockets failed; and
     the sockets the server itself counted at the last step (not what the client believes it holds)."""
-    writers: list[asyncio.StreamWriter] = []
+    writers: list[RawWebSocket] = []
     failed = 0
     gate = asyncio.Semaphore(100)
 
@@ -93,11 +57,11 @@ async def _series(
     try:
         # A few sockets opened and closed first, so one-off costs (imports, pools) land in the baseline.
         await asyncio.gather(*(one(i) for i in range(min(20, steps[0]))))
-        await _close(writers)
+        await close_all(writers)
         writers.clear()
         failed = 0
         await asyncio.sleep(settle)
-        before = rss_kb(pid)
+        before = rss_kib(pid)
         samples = []
         for users in steps:
             await asyncio.gather(*(one(i) for i in range(len(writers) + failed, users)))
@@ -106,10 +70,10 @@ async def _series(
                 while ((await server_count()) or 0) < len(writers) and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
             await asyncio.sleep(settle)
-            samples.append({"users": users, "held": len(writers), "rss_kb": rss_kb(pid)})
+            samples.append({"users": users, "held": len(writers), "rss_kb": rss_kib(pid)})
         return before, samples, failed, (await server_count() if server_count else None)
     finally:
-        await _close(writers)
+        await close_all(writers)
 
 
 async def run(world: World, api: ApiProcess, steps: list[int], settle: float) -> dict[str, Any]:

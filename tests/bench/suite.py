@@ -47,11 +47,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tests.bench import history, polling, rss
-from tests.bench.read import _drop_redis_keys
 from tests.bench.suite_report import write_plot, write_text
-from tests.bench.world import World, api_server, build_world, spawned, wait_ready
-from tests.databases import scratch_database
-from tests.process_rig import ROOT
+from tests.bench.world import World, build_world
+from tests.kit.databases import drop_redis_keys, scratch_database
+from tests.kit.processes import ROOT, api_server, spawned, wait_ready
 
 SECTIONS = ("polling", "history", "rss")
 SECTION_NAMES = {"polling_vs_websocket": "polling vs websocket", "history": "history", "rss": "rss"}
@@ -257,7 +256,7 @@ async def own_scenarios(
                         "rss", lambda: rss.run(world, fresh[0], args.rss_users, mode.settle)
                     )
     finally:
-        await _drop_redis_keys(world.settings.redis.url, world.settings.redis.key_prefix)
+        await drop_redis_keys(world.settings.redis.url, world.settings.redis.key_prefix)
     return scenarios
 
 

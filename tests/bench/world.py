@@ -10,33 +10,20 @@ instead of decoding JSON: the bench client shares two cores with the servers it 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import secrets
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from app.config import AppSettings, AuthSettings, DatabaseSettings, RedisSettings, Settings
+from app.config import Settings
 from app.domain.accounts.auth import TokenIssuer
-from tests.bench.ingest import evolution_body
-from tests.bench.loadgen import HttpConnection
-from tests.bench.raw_asgi import ROUTES_ENV
-from tests.bench.realtime import UVICORN_ARGS, _cpu_seconds
-from tests.databases import plain_dsn
-from tests.factories import AgentFactory, Tenant, create_tenant
-from tests.process_rig import ROOT, STOP_TIMEOUT, ApiProcess, _free_port, _tail, env_for
+from tests.kit.clients import HttpConnection
+from tests.kit.data import env_for, evolution_body, make_settings
+from tests.kit.databases import plain_dsn
+from tests.kit.factories import AgentFactory, Tenant, create_tenant
 
 INBOX_PATH = "/api/whatsapp-optimized/conversations"
 PAGE_PATH = "/api/whatsapp-optimized/messages/{}"
@@ -63,83 +50,6 @@ def find_numbers(data: Any, mark: Any) -> list[int]:
     return numbers
 
 
-START_TIMEOUT = 60.0  # two cores shared with other work: an API process can take seconds to import
-
-
-class RawAsgiProcess(ApiProcess):
-    """`tests.bench.raw_asgi:app` under uvicorn with the API's options, answering `routes` {path: file}."""
-
-    def __init__(self, log_path: Path, env: dict[str, str], routes: dict[str, Path]) -> None:
-        env = {**env, ROUTES_ENV: json.dumps({path: str(file) for path, file in routes.items()})}
-        super().__init__(log_path, env, UVICORN_ARGS)
-
-    def _spawn(self) -> None:
-        self.port = _free_port()
-        self.base_url, self.ws_url = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
-        args = f"--host 127.0.0.1 --port {self.port} --no-access-log --timeout-graceful-shutdown 5".split()
-        cmd = [sys.executable, "-m", "uvicorn", "tests.bench.raw_asgi:app", *args, *self._extra_args]
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pid = self._proc.pid
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process so far, in ns resolution: the sum of its threads' run time from
-    /proc/PID/task/*/schedstat (utime+stime in /proc/PID/stat counts 10 ms ticks: too coarse for a few
-    seconds of a lightly loaded server). Falls back to the ticks where schedstat is missing."""
-    try:
-        total = 0
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
-                total += int(stat.read().split()[0])
-        return total / 1e9
-    except (OSError, ValueError, IndexError):
-        return _cpu_seconds(pid)
-
-
-def api_server(env: dict[str, str]) -> Callable[[Path], ApiProcess]:
-    return lambda log: ApiProcess(log, env, UVICORN_ARGS)
-
-
-def raw_server(env: dict[str, str], routes: dict[str, Path]) -> Callable[[Path], ApiProcess]:
-    return lambda log: RawAsgiProcess(log, env, routes)
-
-
-def wait_ready(proc: ApiProcess) -> ApiProcess:
-    proc._wait_healthy(time.monotonic() + START_TIMEOUT)
-    return proc
-
-
-@contextmanager
-def spawned(*makers: Callable[[Path], ApiProcess]) -> Iterator[list[ApiProcess]]:
-    """Server processes started together, so their start-ups overlap; wait_ready() each before use. All are
-    stopped on exit (SIGTERM together, then SIGKILL on timeout), their logs' tails printed on a failure."""
-    with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
-        procs: list[ApiProcess] = []
-        try:
-            for n, make in enumerate(makers):
-                procs.append(make(Path(tmp) / f"server-{n}.log"))
-            yield procs
-        except BaseException:
-            for proc in procs:
-                print(f"--- server pid {proc.pid} ---\n{_tail(proc.logs())}", file=sys.stderr)
-            raise
-        finally:
-            for proc in procs:
-                proc._signal(signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            for proc in procs:
-                proc._reap(deadline)
-
-
 def find_key(node: Any, key: str) -> Any:
     """The first value under `key` anywhere in a decoded JSON document (depth first); None if absent. The
     stats routes' shapes have changed over time: the suite looks figures up by name, not by path."""
@@ -156,14 +66,7 @@ def find_key(node: Any, key: str) -> Any:
 
 def suite_settings(database_url: str) -> Settings:
     """Production defaults but for logging (warnings only) and a Redis key prefix of the run's own."""
-    return Settings(
-        app=AppSettings(environment="bench", log_level="WARNING", log_json=True),
-        db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=10),
-        redis=RedisSettings(
-            url=os.environ["REDIS_URL"], key_prefix=f"crm-bench-suite-{secrets.token_hex(4)}"
-        ),
-        auth=AuthSettings(jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=3600),
-    )
+    return make_settings(database_url, key_prefix="crm-bench-suite")
 
 
 @dataclass
@@ -239,7 +142,7 @@ class World:
 
 
 # Older history for every conversation of an org, after the message its first webhook made (as
-# tests.bench.read seeds it); the caller moves last_seq on in the same transaction.
+# tests.kit.factories.seed_conversations seeds it); the caller moves last_seq on in the same transaction.
 _SEED_HISTORY = (
     "INSERT INTO messages (id, org_id, conversation_id, instance_id, seq, gateway_message_id, direction, "
     "type, body, status, sent_at, received_at, raw, send_attempts, created_at, updated_at) "

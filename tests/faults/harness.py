@@ -2,17 +2,15 @@
 that keeps the last seq it has per conversation and comes back with `after_seq`, and the truth read back
 from Postgres with the checks every fault test makes.
 
-The follower speaks WebSocket over an asyncio.Protocol of its own (no task per socket, no library buffers),
-so one test process can hold a thousand of them on a 2-core machine next to the servers it tests.
+The follower speaks WebSocket through the kit's RawWebSocket (an asyncio.Protocol: no task per socket, no
+library buffers), so one test process can hold a thousand of them on a 2-core machine next to the servers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -26,8 +24,9 @@ import httpx
 import msgspec
 
 from app.db.models import WhatsAppInstance
-from tests.databases import plain_dsn
-from tests.webhooks import fixture_for, signed_headers, with_message_id
+from tests.kit.clients import RawWebSocket
+from tests.kit.data import fixture_for, signed_headers, with_message_id
+from tests.kit.databases import plain_dsn
 
 GATEWAY = "evolution"
 Json = dict[str, Any]
@@ -217,104 +216,6 @@ _CREATED = b'{"type":"message.created"'  # msgspec writes the tag first
 _INBOX_LINE = b'{"type":"conversation.updated"'
 
 
-def _mask(payload: bytes, mask: bytes) -> bytes:
-    n = len(payload)
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-
-
-class LeanWebSocket(asyncio.Protocol):
-    """RFC 6455 client side, just enough: handshake, text frames out (masked), text / ping / close in."""
-
-    def __init__(self, request: bytes, on_text: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
-        self._request, self._on_text, self._on_lost = request, on_text, on_lost
-        self._buffer = bytearray()
-        self._fragments: list[bytes] = []
-        self.transport: asyncio.Transport | None = None
-        self.upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.close_code: int | None = None
-        self.lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self._request)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionError(f"closed during the handshake: {exc}"))
-        else:
-            self._on_lost()
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if not self.upgraded.done():
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self._buffer[:end])
-            del self._buffer[: end + 4]
-            if not head.startswith(b"HTTP/1.1 101"):
-                self.upgraded.set_exception(ConnectionError(head.decode(errors="replace")))
-                self.abort()
-                return
-            self.upgraded.set_result(None)
-        self._frames()
-
-    def _frames(self) -> None:
-        buf, pos = self._buffer, 0
-        while len(buf) - pos >= 2:
-            first, second = buf[pos], buf[pos + 1]
-            length, header = second & 0x7F, 2
-            if length == 126:
-                if len(buf) - pos < 4:
-                    break
-                length, header = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-            elif length == 127:
-                if len(buf) - pos < 10:
-                    break
-                length, header = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-            if len(buf) - pos < header + length:
-                break
-            payload = bytes(buf[pos + header : pos + header + length])
-            pos += header + length
-            self._frame(first & 0x80 != 0, first & 0x0F, payload)
-        del buf[:pos]
-
-    def _frame(self, fin: bool, opcode: int, payload: bytes) -> None:
-        if opcode in (0x0, 0x1, 0x2):
-            self._fragments.append(payload)
-            if fin:
-                whole, self._fragments = b"".join(self._fragments), []
-                self._on_text(whole)
-        elif opcode == 0x8:  # close: answer with the same code, then the server closes TCP
-            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-            self._send(0x8, payload[:2])
-        elif opcode == 0x9:
-            self._send(0xA, payload)
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        mask, n = os.urandom(4), len(payload)
-        if n < 126:
-            header = bytes([0x80 | opcode, 0x80 | n])
-        elif n < 65536:
-            header = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
-        else:
-            header = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
-        self.transport.write(header + mask + _mask(payload, mask))
-
-    def send_json(self, obj: Json) -> None:
-        self._send(0x1, json.dumps(obj).encode())
-
-    def abort(self) -> None:
-        """Drop the connection without a close frame (RST): a network cut, a laptop lid."""
-        if self.transport is not None:
-            self.transport.abort()
-
-
 @dataclass(slots=True)
 class Room:
     """What one socket received for one conversation, judged frame by frame as a client would."""
@@ -357,7 +258,7 @@ class Follower:
         self.target, self.token, self.give_up_s = target, token, give_up_s
         self.rooms = {cid: Room(cid) for cid in conversation_ids}
         self.stats = FollowerStats()
-        self._socket: LeanWebSocket | None = None
+        self._socket: RawWebSocket | None = None
         self._pending: deque[str] = deque()  # subscribes awaiting their answer, in order (served in order)
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -381,22 +282,16 @@ class Follower:
                 failures += 1
 
     async def _open(self) -> None:
-        loop = asyncio.get_running_loop()
-        port = self.target.port
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET /ws?token={quote(self.token)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        socket = LeanWebSocket(request, self._on_text, lambda: self._on_lost(socket))
-        async with asyncio.timeout(self.HANDSHAKE_TIMEOUT_S):
-            try:
-                await loop.create_connection(lambda: socket, "127.0.0.1", port)
-                await socket.upgraded
-            except BaseException:
-                socket.abort()
-                raise
+        path = f"/ws?token={quote(self.token)}"
+        socket: RawWebSocket | None = None
+
+        def lost() -> None:
+            if socket is not None:
+                self._on_lost(socket)
+
+        socket = await RawWebSocket.open(
+            self.target.port, path, self._on_text, lost, timeout=self.HANDSHAKE_TIMEOUT_S
+        )
         self._socket, self.ready = socket, False
         self._pending.clear()
         self.stats.connects += 1
@@ -415,7 +310,7 @@ class Follower:
             {"type": "subscribe", "conversation_id": room.conversation_id, "after_seq": room.last}
         )
 
-    def _on_lost(self, socket: LeanWebSocket) -> None:
+    def _on_lost(self, socket: RawWebSocket) -> None:
         if socket is not self._socket:
             return
         self._socket = None

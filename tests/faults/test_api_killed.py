@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.lib.throttle_calls import PATIENCE_S, PROBE_S
-from tests.factories import PASSWORD, create_tenant
 from tests.faults.harness import (
     GATEWAY,
     Follower,
@@ -44,7 +43,10 @@ from tests.faults.harness import (
     text_webhooks,
     wait_caught_up,
 )
-from tests.process_rig import ApiProcess, PrivateRedis, api_processes, env_for, login_token, private_redis
+from tests.kit.clients import login_token
+from tests.kit.data import env_for
+from tests.kit.factories import PASSWORD, create_tenant
+from tests.kit.processes import ApiProcess, PrivateRedis, api_processes, private_redis
 
 CONVERSATIONS = 8
 CLIENTS = 4
@@ -110,7 +112,7 @@ async def test_api_killed_mid_load_loses_nothing_and_stores_nothing_twice(
                     committed_when_cut.update(await stored_gateway_ids(settings.db.url, ids))
                     new_a = ApiProcess(Path(tmp) / "api-a-restarted.log", env, ())
                     restarted.append(new_a)
-                    await asyncio.to_thread(new_a._wait_healthy, time.monotonic() + 20)
+                    await asyncio.to_thread(new_a.wait_healthy, 20)
                     gateway.target = new_a  # the gateway's URL now reaches the new process
 
                 await asyncio.gather(gateway.deliver(load), kill_and_restart_a())

@@ -28,7 +28,6 @@ from sqlalchemy.pool import NullPool
 from app.config import Settings
 from app.db.models import AgentRole
 from app.domain.accounts.auth import TokenIssuer
-from tests.factories import PASSWORD, AgentFactory, create_tenant
 from tests.faults.harness import (
     GATEWAY,
     INBOX,
@@ -51,8 +50,10 @@ from tests.faults.harness import (
     text_webhooks,
     wait_caught_up,
 )
-from tests.faults.private_postgres import PrivatePostgres, private_postgres
-from tests.process_rig import api_processes, env_for, login_token
+from tests.kit.clients import login_token
+from tests.kit.data import env_for
+from tests.kit.factories import PASSWORD, AgentFactory, create_tenant
+from tests.kit.processes import PrivatePostgres, api_processes, private_postgres
 
 MESSAGES = 150
 RATE = 30.0  # about 5 s of load: Postgres stops after 40 acks and stays down DOWN_S

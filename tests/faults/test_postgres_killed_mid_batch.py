@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.config import Settings
-from tests.factories import create_tenant
 from tests.faults.harness import (
     GATEWAY,
     Gateway,
@@ -29,8 +28,9 @@ from tests.faults.harness import (
     report,
     text_webhooks,
 )
-from tests.faults.private_postgres import PrivatePostgres, private_postgres
-from tests.process_rig import api_processes, env_for
+from tests.kit.data import env_for
+from tests.kit.factories import create_tenant
+from tests.kit.processes import PrivatePostgres, api_processes, private_postgres
 
 MESSAGES = 400
 SENDERS = 16  # enough at once that batches hold several webhooks

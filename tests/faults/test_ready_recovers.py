@@ -38,14 +38,20 @@ from app.config import Settings, WorkersSettings
 from app.db.models import Media, MediaState, Message
 from app.domain.gateways.events import MessageStatus
 from app.lib.jobs import media_queue_name
-from tests.factories import PASSWORD, Tenant
 from tests.fake_gateway import FakeGateway, ok
 from tests.faults.harness import Json, report
-from tests.faults.private_postgres import PrivatePostgres, private_postgres
-from tests.integration.test_media_pipeline import image_webhook, jpeg
 from tests.integration.test_outbound import tenant_with_chat
-from tests.process_rig import ArqWorker, api_processes, arq_worker, env_for, login_token, private_redis
-from tests.webhooks import signed_headers
+from tests.kit.clients import login_token
+from tests.kit.data import env_for, image_webhook, jpeg, signed_headers
+from tests.kit.factories import PASSWORD, Tenant
+from tests.kit.processes import (
+    ArqWorker,
+    PrivatePostgres,
+    api_processes,
+    arq_worker,
+    private_postgres,
+    private_redis,
+)
 
 HEALTH_CHECK_S = 1.0  # WORKER_HEALTH_CHECK_SECONDS of this deployment (default 30), so recovery is prompt
 DOWN_S = 3.0  # each outage: longer than any quick retry, so a worker that gives up exits within it

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import time
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -28,9 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.conversations.ingest import IngestService
-from tests.databases import plain_dsn
-from tests.events import text_message
-from tests.factories import PASSWORD, Tenant, create_tenant
 from tests.faults.harness import (
     GATEWAY,
     Follower,
@@ -48,7 +43,12 @@ from tests.faults.harness import (
     text_webhooks,
     wait_caught_up,
 )
-from tests.process_rig import ApiProcess, api_processes, env_for, login_token
+from tests.kit.clients import login_token
+from tests.kit.data import env_for, text_message
+from tests.kit.databases import plain_dsn
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.measure import MiB, cpu_seconds, raise_fd_limit, rss_bytes
+from tests.kit.processes import ApiProcess, api_processes
 
 TENANTS = 10
 CONVERSATIONS_PER_TENANT = 5
@@ -56,25 +56,6 @@ SOCKETS_PER_CONVERSATION = 20  # 10 x 5 x 20 = 1,000 sockets
 MESSAGES = 240
 RATE = 30.0  # webhooks per second: 8 s of load; each one is 20 room frames + 100 inbox frames
 DROP_AFTER = 60  # acks: the sockets are dropped 2 s into the load
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (and of this one, for the clients' share)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _enough_files(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, needed) if hard > 0 else needed, hard))
 
 
 async def _sockets_on_server(api: ApiProcess, tokens: list[str]) -> list[int]:
@@ -94,7 +75,7 @@ async def test_a_thousand_sockets_dropped_at_once_all_catch_up_without_duplicate
 ) -> None:
     started = time.monotonic()
     sockets = TENANTS * CONVERSATIONS_PER_TENANT * SOCKETS_PER_CONVERSATION
-    _enough_files(2 * sockets + 1000)
+    raise_fd_limit(2 * sockets + 1000)
     # 100 sockets share each organisation's token here (20 per conversation): above the per-agent cap.
     env = env_for(settings, WS_CATCH_UP_SECONDS="1", WS_MAX_SOCKETS_PER_AGENT=str(sockets))
     with api_processes(1, env) as (api,):
@@ -117,13 +98,13 @@ async def test_a_thousand_sockets_dropped_at_once_all_catch_up_without_duplicate
             for _ in range(SOCKETS_PER_CONVERSATION)
         ]
         try:
-            connecting, cpu = time.monotonic(), (_cpu_s(api.pid), _cpu_s(os.getpid()))
+            connecting, cpu = time.monotonic(), (cpu_seconds(api.pid), cpu_seconds(os.getpid()))
             await start_followers(followers, concurrency=100)
             await wait_caught_up(followers, truth, timeout=30)  # each has replayed its seed (seq 1)
             first_connect = {
                 "s": round(time.monotonic() - connecting, 1),
-                "server_cpu_s": round(_cpu_s(api.pid) - cpu[0], 1),
-                "clients_cpu_s": round(_cpu_s(os.getpid()) - cpu[1], 1),
+                "server_cpu_s": round(cpu_seconds(api.pid) - cpu[0], 1),
+                "clients_cpu_s": round(cpu_seconds(os.getpid()) - cpu[1], 1),
             }
 
             per_tenant = [
@@ -137,7 +118,7 @@ async def test_a_thousand_sockets_dropped_at_once_all_catch_up_without_duplicate
                 await eventually(lambda: gateway.acked >= DROP_AFTER, lambda: "load under way", 30)
                 storm["acked_before"] = gateway.acked
                 storm["dropped_at"] = time.monotonic()
-                storm["server_cpu_s"], storm["clients_cpu_s"] = _cpu_s(api.pid), _cpu_s(os.getpid())
+                storm["server_cpu_s"], storm["clients_cpu_s"] = cpu_seconds(api.pid), cpu_seconds(os.getpid())
                 for follower in followers:  # all in one go: nothing runs in between
                     follower.drop()
                 await eventually(
@@ -149,8 +130,8 @@ async def test_a_thousand_sockets_dropped_at_once_all_catch_up_without_duplicate
                     timeout=40,
                 )
                 storm["back_s"] = time.monotonic() - storm["dropped_at"]
-                storm["server_cpu_s"] = _cpu_s(api.pid) - storm["server_cpu_s"]
-                storm["clients_cpu_s"] = _cpu_s(os.getpid()) - storm["clients_cpu_s"]
+                storm["server_cpu_s"] = cpu_seconds(api.pid) - storm["server_cpu_s"]
+                storm["clients_cpu_s"] = cpu_seconds(os.getpid()) - storm["clients_cpu_s"]
                 storm["acked_during"] = gateway.acked - storm["acked_before"]
 
             await asyncio.gather(gateway.deliver(load), drop_everyone())
@@ -180,7 +161,7 @@ async def test_a_thousand_sockets_dropped_at_once_all_catch_up_without_duplicate
                 postgres=stored,
                 sockets=delivered,
                 sockets_on_server_after=sum(server_sockets),
-                api_rss_mib=_rss_mib(api.pid),
+                api_rss_mib=round(rss_bytes(api.pid) / MiB, 1),
                 runtime_s=round(time.monotonic() - started, 1),
             )
 

@@ -15,7 +15,6 @@ from collections import Counter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from tests.factories import PASSWORD, create_tenant
 from tests.faults.harness import (
     GATEWAY,
     INBOX,
@@ -38,7 +37,10 @@ from tests.faults.harness import (
     text_webhooks,
     wait_caught_up,
 )
-from tests.process_rig import api_processes, env_for, login_token, private_redis
+from tests.kit.clients import login_token
+from tests.kit.data import env_for
+from tests.kit.factories import PASSWORD, create_tenant
+from tests.kit.processes import api_processes, private_redis
 
 CONVERSATIONS = 6
 MESSAGES = 360

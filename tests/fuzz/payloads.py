@@ -21,7 +21,7 @@ from app.domain.gateways.cloudapi import schemas as cloudapi_schemas
 from app.domain.gateways.evolution import schemas as evolution_schemas
 from app.domain.gateways.wppconnect import schemas as wppconnect_schemas
 from tests.fixtures import GATEWAY_FIXTURES, load_fixture_json
-from tests.webhooks import retarget
+from tests.kit.data import retarget
 
 GATEWAYS = ("wppconnect", "evolution", "cloudapi")
 

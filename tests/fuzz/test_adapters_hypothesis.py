@@ -31,9 +31,9 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from tests.factories import Tenant, create_tenant
 from tests.fuzz.payloads import GATEWAYS, TEMPLATES, Body, bodies, encode
-from tests.webhooks import signed_headers
+from tests.kit.data import signed_headers
+from tests.kit.factories import Tenant, create_tenant
 
 Client = AsyncTestClient[Litestar]
 TEXT = {"wppconnect": "onmessage_text", "evolution": "v2_messages_upsert_text", "cloudapi": "inbound_text"}

@@ -64,9 +64,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from app.config import Settings
 from app.db.models import WhatsAppInstance
 from app.server.core import create_app
-from tests.factories import PASSWORD, Tenant, create_tenant
 from tests.fuzz.payloads import GATEWAYS, JSON_VALUES, bodies, encode
-from tests.webhooks import fixture_for, signed_headers
+from tests.kit.data import fixture_for, signed_headers
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
 
 T = TypeVar("T")
 BASE = "http://testserver"

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.process_rig import ROOT
+from tests.kit.processes import ROOT
 
 SCENARIOS = {"polling_vs_websocket", "history", "rss"}
 BENCHES = {"ingest", "realtime", "read", "media"}

@@ -27,9 +27,9 @@ from app.domain.conversations.reads import PageReader
 from app.domain.conversations.services import ConversationFilters
 from app.lib.driver_sql import DriverConnections
 from app.workers.cache import expire_cache, warm_cache
-from tests.events import text_message
-from tests.factories import Tenant, create_tenant
-from tests.process_rig import ROOT, env_for
+from tests.kit.data import env_for, text_message
+from tests.kit.factories import Tenant, create_tenant
+from tests.kit.processes import ROOT
 
 
 def worker_ctx(settings: Settings, engine: AsyncEngine, redis: Redis) -> dict[str, Any]:

@@ -15,10 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db.models import Message
 from app.domain.conversations.cache import _REDIS_BACKOFF_S
-from tests.factories import PASSWORD, Tenant, create_tenant
-from tests.integration.test_realtime import GATEWAY, post_text
+from tests.integration.test_realtime import GATEWAY
+from tests.kit.clients import login_token, post_text
+from tests.kit.data import env_for
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.processes import ApiProcess, api_processes, private_redis
 from tests.kit.tcp_relay import relay_to
-from tests.process_rig import ApiProcess, api_processes, env_for, login_token, private_redis
 
 Json = dict[str, Any]
 INBOX = "/api/whatsapp-optimized/conversations"

@@ -26,10 +26,10 @@ from app.domain.conversations.cache import CacheKeys
 from app.server.core import create_asgi
 from app.server.fastpath import CachedPageFastPath
 from app.server.shedding import RefusedLoginShedding
-from tests.events import text_message
-from tests.factories import PASSWORD, Tenant, create_tenant
-from tests.integration.test_read_api import ingest, login
-from tests.webhooks import fixture_for, post_webhook, with_message_id
+from tests.integration.test_read_api import ingest
+from tests.kit.clients import login
+from tests.kit.data import fixture_for, post_webhook, text_message, with_message_id
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
 
 Client = AsyncTestClient[Litestar]
 INBOX = "/api/whatsapp-optimized/conversations"

@@ -18,11 +18,10 @@ from app.db.models import WhatsAppInstance
 from app.domain.gateways.events import Direction, MessageStatus
 from app.domain.ingest.batch_rows import RequestFailed
 from app.domain.ingest.batcher import Applied, IngestBatcher
-from tests.databases import plain_dsn
-from tests.events import status, text_message
-from tests.factories import create_tenant
-from tests.process_rig import api_processes, env_for
-from tests.webhooks import fixture_for, signed_headers, with_message_id
+from tests.kit.data import env_for, fixture_for, signed_headers, status, text_message, with_message_id
+from tests.kit.databases import plain_dsn
+from tests.kit.factories import create_tenant
+from tests.kit.processes import api_processes
 
 GATEWAY = "evolution"
 

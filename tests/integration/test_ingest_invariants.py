@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.db.models import Contact, Conversation, Media, Message
 from app.domain.conversations.ingest import IngestService
 from app.domain.gateways.events import Direction, GatewayEvent, MessageStatus
-from tests.events import image_message, status, text_message
-from tests.factories import Tenant, create_tenant
+from tests.kit.data import image_message, status, text_message
+from tests.kit.factories import Tenant, create_tenant
 
 
 async def _apply(

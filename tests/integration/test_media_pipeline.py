@@ -33,29 +33,14 @@ from app.domain.media.decode_budget import DecodeBudget
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.media import process_media
-from tests.events import image_message
-from tests.factories import Tenant, create_tenant
 from tests.fake_gateway import FakeGateway, status
-from tests.integration.test_read_api import login
-from tests.process_rig import ROOT, env_for
-from tests.webhooks import fixture_for, post_webhook
+from tests.kit.clients import login
+from tests.kit.data import env_for, image_message, image_webhook, jpeg, post_webhook
+from tests.kit.factories import Tenant, create_tenant
+from tests.kit.processes import ROOT
 
 Client = AsyncTestClient[Litestar]
 GATEWAY = "evolution"
-
-
-def jpeg(width: int = 800, height: int = 600, color: tuple[int, int, int] = (200, 30, 60)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
-
-
-def image_webhook(instance: Any, message_id: str, data: bytes) -> dict[str, Any]:
-    """Evolution v2 `messages.upsert` of an image with the file inline (webhook_base64 on)."""
-    payload: dict[str, Any] = fixture_for(GATEWAY, "v2_messages_upsert_image_base64", instance)
-    payload["data"]["key"]["id"] = message_id
-    payload["data"]["message"]["base64"] = base64.b64encode(data).decode()
-    return payload
 
 
 @pytest.fixture

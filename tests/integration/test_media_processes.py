@@ -31,20 +31,16 @@ from app.domain.conversations.ingest import IngestService
 from app.domain.media import processing
 from app.lib.jobs import deserialize_job, media_job_id, media_queue_name
 from app.workers.media import CLAIM_LEASE, process_media, sweep_pending_media
-from tests.events import image_message
-from tests.factories import PASSWORD, Tenant, create_tenant
 from tests.fake_gateway import FakeGateway, hang, status
 from tests.integration.test_media_pipeline import (
     downloadable_image,
-    image_webhook,
-    jpeg,
     stored_files,
     worker_ctx,  # noqa: F401  (a fixture, used by name)
 )
-from tests.integration.test_realtime import first_conversation, open_room, post_text
-from tests.integration.test_send_killed import eventually
-from tests.process_rig import ApiProcess, arq_worker, login_token
-from tests.webhooks import signed_headers
+from tests.kit.clients import eventually, first_conversation, login_token, open_room, post_text
+from tests.kit.data import image_message, image_webhook, jpeg, signed_headers
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.processes import ApiProcess, arq_worker
 
 GATEWAY = "evolution"
 MEDIA_PATH = "/api/whatsapp-optimized/media"

@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.server.core import create_app
-from tests.factories import create_tenant
-from tests.integration.test_read_api import login
-from tests.webhooks import fixture_for, post_webhook, with_message_id
+from tests.kit.clients import login
+from tests.kit.data import fixture_for, post_webhook, with_message_id
+from tests.kit.factories import create_tenant
 
 
 def _value(text: str, name: str) -> float:

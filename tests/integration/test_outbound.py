@@ -23,9 +23,9 @@ from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.ingest import IngestService
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.sending import INTERRUPTED, MAX_ATTEMPTS, send_message
-from tests.events import text_message
-from tests.factories import PASSWORD, Tenant, create_tenant
 from tests.fake_gateway import FakeGateway, garbage, ok, status
+from tests.kit.data import text_message
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
 
 Client = AsyncTestClient[Litestar]
 GATEWAY = "wppconnect"

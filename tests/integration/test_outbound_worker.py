@@ -16,11 +16,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
-from tests.factories import PASSWORD
 from tests.fake_gateway import FakeGateway, ok
 from tests.integration.test_outbound import tenant_with_chat
-from tests.process_rig import ROOT, ApiProcess, env_for, login_token
-from tests.ws_client import WsClient
+from tests.kit.clients import WsClient, login_token
+from tests.kit.data import env_for
+from tests.kit.factories import PASSWORD
+from tests.kit.processes import ROOT, ApiProcess
 
 
 @pytest.fixture

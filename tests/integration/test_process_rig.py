@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from websockets.asyncio.server import ServerConnection, serve
 
 from app.config import Settings
-from tests.factories import PASSWORD, create_tenant
-from tests.process_rig import api_processes, env_for, login_token, private_redis
-from tests.ws_client import WsClient
+from tests.kit.clients import WsClient, login_token
+from tests.kit.data import env_for
+from tests.kit.factories import PASSWORD, create_tenant
+from tests.kit.processes import api_processes, private_redis
 
 
 def test_env_for_reproduces_the_settings(settings: Settings) -> None:

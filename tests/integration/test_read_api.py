@@ -14,16 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.domain.conversations.ingest import IngestService
 from app.domain.gateways.events import GatewayEvent
-from tests.events import text_message
-from tests.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.clients import login
+from tests.kit.data import text_message
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
 
 Client = AsyncTestClient[Litestar]
-
-
-async def login(client: Client, email: str, password: str = PASSWORD) -> dict[str, str]:
-    response = await client.post("/api/auth/login", json={"email": email, "password": password})
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
 async def ingest(engine: AsyncEngine, tenant: Tenant, events: list[GatewayEvent]) -> None:

@@ -29,10 +29,10 @@ from app.domain.realtime.events import Envelope, EventKind
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.dbstats import QueryCounter
 from app.server.core import create_app
-from tests.events import text_message
-from tests.factories import PASSWORD, Tenant, create_tenant
-from tests.process_rig import _free_port, private_redis
-from tests.webhooks import fixture_for, post_webhook, with_message_id
+from tests.kit.data import fixture_for, post_webhook, text_message, with_message_id
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.measure import free_port
+from tests.kit.processes import private_redis
 
 Client = AsyncTestClient[Litestar]
 Json = dict[str, Any]
@@ -550,7 +550,7 @@ async def silent_server() -> AsyncIterator[int]:
 async def test_redis_down_or_hung_costs_only_the_cache(keys: CacheKeys, settings: Settings):
     _, _, scope = history_scope(keys)
     clock = FakeClock()
-    down = Redis.from_url(f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens there
+    down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     try:
         cache = PageCache(down, keys, settings.cache, clock=clock)
         loader = Loader(b'{"from":"postgres"}')

@@ -14,7 +14,9 @@ from litestar.testing import AsyncTestClient
 
 from app.config import Settings
 from app.server.core import create_app
-from tests.process_rig import ROOT, _free_port, env_for
+from tests.kit.data import env_for
+from tests.kit.measure import free_port
+from tests.kit.processes import ROOT
 
 
 def _worker(settings: Settings, name: str) -> subprocess.Popen[bytes]:
@@ -66,7 +68,7 @@ async def test_ready_needs_both_workers_and_says_which_is_missing(settings: Sett
 
 
 async def test_ready_is_503_when_postgres_or_redis_is_unreachable(settings: Settings):
-    nowhere = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
     no_database = dataclasses.replace(
         settings, db=dataclasses.replace(settings.db, url=f"postgresql+asyncpg://postgres@{nowhere}/crm")
     )

@@ -7,52 +7,17 @@ import json
 from typing import Any
 from uuid import UUID
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.db.models import Contact, Conversation, WhatsAppInstance
+from app.db.models import Contact, Conversation
 from app.domain.conversations.ingest import IngestService
-from tests.events import text_message
-from tests.factories import PASSWORD, Tenant, create_tenant
-from tests.process_rig import ApiProcess, login_token
-from tests.webhooks import fixture_for, signed_headers, with_message_id
-from tests.ws_client import WsClient
+from tests.kit.clients import WsClient, first_conversation, login_token, open_room, post_text
+from tests.kit.data import text_message
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.processes import ApiProcess
 
 GATEWAY = "evolution"
-
-
-async def post_text(
-    process: ApiProcess, instance: WhatsAppInstance, message_id: str, text: str, chat: str = ""
-) -> None:
-    data = with_message_id(
-        GATEWAY, fixture_for(GATEWAY, "v2_messages_upsert_text", instance), message_id, text=text
-    )
-    if chat:
-        data["data"]["key"]["remoteJid"] = f"{chat}@s.whatsapp.net"
-    body = json.dumps(data).encode()
-    async with httpx.AsyncClient(base_url=process.base_url, trust_env=False) as client:
-        response = await client.post(
-            f"/api/webhooks/{GATEWAY}/{instance.name}",
-            content=body,
-            headers=signed_headers(GATEWAY, body, instance),
-        )
-    assert response.status_code == 200, response.text
-
-
-async def first_conversation(process: ApiProcess, token: str) -> str:
-    async with httpx.AsyncClient(base_url=process.base_url, trust_env=False) as client:
-        response = await client.get(
-            "/api/whatsapp-optimized/conversations", headers={"Authorization": f"Bearer {token}"}
-        )
-    return str(response.json()["items"][0]["id"])
-
-
-async def open_room(process: ApiProcess, token: str, conversation_id: str, after_seq: int | None) -> WsClient:
-    client = await WsClient.connect(process.ws_url, token)
-    assert (await client.recv_json())["type"] == "ready"
-    await client.send_json({"type": "subscribe", "conversation_id": conversation_id, "after_seq": after_seq})
-    return client
 
 
 async def created_seqs_until_done(client: WsClient, conversation_id: str) -> list[int]:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import struct
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import jwt
@@ -15,17 +14,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from tests.factories import PASSWORD, create_tenant
-from tests.integration.test_realtime import (
-    GATEWAY,
-    created_seqs_until_done,
-    open_room,
-    post_text,
-    tenant_with_conversation,
-)
-from tests.process_rig import ApiProcess, api_processes, env_for, login_token, private_redis
-from tests.raw_ws import StalledClient
-from tests.ws_client import WsClient
+from tests.integration.test_realtime import GATEWAY, created_seqs_until_done, tenant_with_conversation
+from tests.kit.clients import StalledClient, WsClient, login_token, open_room, post_text
+from tests.kit.data import env_for
+from tests.kit.factories import PASSWORD, create_tenant
+from tests.kit.measure import rss_kib
+from tests.kit.processes import ApiProcess, api_processes, private_redis
 
 NIL = "00000000-0000-0000-0000-000000000000"
 
@@ -187,13 +181,6 @@ async def test_redis_restart_keeps_delivery_without_a_gap(settings: Settings, se
         await client.close()
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.parametrize("cycles", [10_000])
 async def test_room_churn_leaves_no_rooms_and_flat_memory(
     settings: Settings, session: AsyncSession, cycles: int
@@ -211,11 +198,11 @@ async def test_room_churn_leaves_no_rooms_and_flat_memory(
                 await client.send_json({"type": "unsubscribe", "conversation_id": conversation_id})
 
         await churn(1_000)  # warm-up: pools, caches and allocator arenas settle
-        before = _rss_kib(process.pid)
+        before = rss_kib(process.pid)
         await churn(cycles)
         await client.send_json({"type": "ping"})
         await client.recv_until(lambda f: f["type"] == "pong")
-        after = _rss_kib(process.pid)
+        after = rss_kib(process.pid)
         async with httpx.AsyncClient(base_url=process.base_url, trust_env=False) as http:
             info = (
                 await http.get(

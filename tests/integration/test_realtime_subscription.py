@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.domain.realtime.subscription import SubscriptionLost, subscribe
-from tests.process_rig import private_redis
+from tests.kit.processes import private_redis
 
 Seen = list[tuple[bytes, bytes, bytes]]
 

@@ -5,9 +5,6 @@ failed with INTERRUPTED instead of being sent a second time, and the job ends th
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from arq.constants import in_progress_key_prefix, retry_key_prefix
@@ -23,16 +20,10 @@ from app.lib.jobs import deserialize_job, queue_name
 from app.workers.sending import INTERRUPTED, send_job_id
 from tests.fake_gateway import FakeGateway, hang
 from tests.integration.test_outbound import auth, send, tenant_with_chat
-from tests.process_rig import arq_worker
+from tests.kit.clients import eventually
+from tests.kit.processes import arq_worker
 
 Client = AsyncTestClient[Litestar]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def stored(session: AsyncSession, message_id: UUID) -> Message:

@@ -9,9 +9,9 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentRole
-from tests.factories import AgentFactory, create_tenant
-from tests.integration.test_read_api import login
-from tests.webhooks import fixture_for, post_webhook, with_message_id
+from tests.kit.clients import login
+from tests.kit.data import fixture_for, post_webhook, with_message_id
+from tests.kit.factories import AgentFactory, create_tenant
 
 Client = AsyncTestClient[Litestar]
 STATS = "/api/whatsapp-optimized/stats"

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db.models import Contact, Conversation, Message
 from app.server.core import create_app
-from tests.factories import Tenant, create_tenant
-from tests.webhooks import fixture_for, post_webhook, signed_headers
+from tests.kit.data import fixture_for, post_webhook, signed_headers
+from tests.kit.factories import Tenant, create_tenant
 
 Client = AsyncTestClient[Litestar]
 GATEWAYS = ["wppconnect", "evolution", "cloudapi"]

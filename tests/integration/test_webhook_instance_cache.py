@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db.models import Message, WhatsAppInstance
 from app.server.core import create_app
-from tests.factories import create_tenant
-from tests.webhooks import fixture_for, post_webhook, with_message_id
+from tests.kit.data import fixture_for, post_webhook, with_message_id
+from tests.kit.factories import create_tenant
 
 Client = AsyncTestClient[Litestar]
 GATEWAY, FIXTURE = "evolution", "v2_messages_upsert_text"

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.server.core import create_asgi
 from app.server.webhook_path import TEMPLATE, WebhookPath, webhook_names
-from tests.factories import create_tenant
-from tests.webhooks import fixture_for, signed_headers, with_message_id
+from tests.kit.data import fixture_for, signed_headers, with_message_id
+from tests.kit.factories import create_tenant
 
 Client = AsyncTestClient[Litestar]
 IGNORED_HEADERS = {"date", "server"}

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Conversation, Media, Message
-from tests.factories import Tenant, create_tenant
-from tests.webhooks import fixture_for, post_webhook, with_message_id
+from tests.kit.data import fixture_for, post_webhook, with_message_id
+from tests.kit.factories import Tenant, create_tenant
 
 Client = AsyncTestClient[Litestar]
 

@@ -14,8 +14,8 @@ from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.ingest import IngestService
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.conversations import reconcile_conversation
-from tests.events import text_message
-from tests.factories import create_tenant
+from tests.kit.data import text_message
+from tests.kit.factories import create_tenant
 
 
 async def test_reconcile_rebuilds_a_damaged_summary_and_is_idempotent(

@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 from app.lib.frame_writer import FrameWriter, frame_writer_of
 from app.server.run import WS_PROTOCOL
 from app.server.ws_protocol import FramesWebSocketProtocol
-from tests.raw_ws import StalledClient
+from tests.kit.clients import StalledClient
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -13,15 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.server.core import create_asgi
-from app.server.fastpath import CachedPageFastPath
-from tests.process_rig import ApiProcess, api_processes, env_for
-from tests.security.support import Client, Org, seed_org, wait_memory_live
-
-
-@dataclass
-class Served:
-    client: Client
-    asgi: CachedPageFastPath
+from tests.kit.data import env_for
+from tests.kit.processes import ApiProcess, api_processes
+from tests.security.support import (
+    LOGIN_LIMIT,
+    WEBHOOK_AUTH_LIMIT,
+    WEBHOOK_LIMIT,
+    Orgs,
+    Served,
+    seed_org,
+    wait_memory_live,
+)
 
 
 @pytest.fixture
@@ -33,26 +34,11 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
         yield Served(client, asgi)
 
 
-@dataclass
-class World:
-    a: Org  # the caller
-    b: Org  # the victim
-
-
 @pytest.fixture
-async def world(engine: AsyncEngine, session: AsyncSession, settings: Settings) -> World:
+async def world(engine: AsyncEngine, session: AsyncSession, settings: Settings) -> Orgs:
     a = await seed_org(engine, session, settings, texts=2)
     b = await seed_org(engine, session, settings, texts=4, can_send=True)
-    return World(a, b)
-
-
-# Limits of the API processes below (test_limits.py checks them). The login limit is low, so nothing logs in
-# through these processes but the rate-limit test: the others log in through the in-process app (same JWT
-# secret) and present that token to the processes.
-LOGIN_LIMIT = 3
-WEBHOOK_LIMIT = 64 * 1024
-# Failed webhook verifications per address: the throttle's tests post from loopback addresses of their own.
-WEBHOOK_AUTH_LIMIT = 5
+    return Orgs(a, b)
 
 
 @pytest.fixture(scope="session")

@@ -28,10 +28,9 @@ from app.db.models import Contact, Conversation, Media, MediaState, Message, Wha
 from app.domain.conversations.ingest import IngestService
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.server.fastpath import CachedPageFastPath
-from tests.events import image_message, text_message
-from tests.factories import PASSWORD, Tenant, create_tenant
-from tests.webhooks import fixture_for, signed_headers, with_message_id
-from tests.ws_client import WsClient
+from tests.kit.clients import WsClient
+from tests.kit.data import fixture_for, image_message, signed_headers, text_message, with_message_id
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
 
 Client = AsyncTestClient[Litestar]
 API = "/api/whatsapp-optimized"
@@ -395,3 +394,26 @@ async def ws_outcome(ws_url: str, token: str | None, *, origin: str | None = Non
         await client.close()
         return frames, 0
     return frames, client.close_code or 1006
+
+
+@dataclass
+class Served:
+    client: Client
+    asgi: CachedPageFastPath
+
+
+@dataclass
+class Orgs:
+    """The `world` fixture: two organisations with data of their own."""
+
+    a: Org  # the caller
+    b: Org  # the victim
+
+
+# Limits of the API processes below (test_limits.py checks them). The login limit is low, so nothing logs in
+# through these processes but the rate-limit test: the others log in through the in-process app (same JWT
+# secret) and present that token to the processes.
+LOGIN_LIMIT = 3
+WEBHOOK_LIMIT = 64 * 1024
+# Failed webhook verifications per address: the throttle's tests post from loopback addresses of their own.
+WEBHOOK_AUTH_LIMIT = 5

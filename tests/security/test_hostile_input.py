@@ -27,10 +27,12 @@ from app.config import Settings
 from app.db.models import Contact, GatewayKind, Message, Organization, WhatsAppInstance
 from app.domain.conversations.controllers import SEQ_MAX
 from app.domain.gateways.instances import IncompleteInstance, InstanceService
-from tests.factories import PASSWORD, create_tenant
-from tests.process_rig import ApiProcess
-from tests.security.conftest import WEBHOOK_AUTH_LIMIT
+from tests.kit.clients import WsClient
+from tests.kit.data import fixture_for, signed_headers, with_message_id
+from tests.kit.factories import PASSWORD, create_tenant
+from tests.kit.processes import ApiProcess
 from tests.security.support import (
+    WEBHOOK_AUTH_LIMIT,
     Client,
     bearer,
     history,
@@ -41,8 +43,6 @@ from tests.security.support import (
     valid_token,
 )
 from tests.security.test_webhook_entry import from_address
-from tests.webhooks import fixture_for, signed_headers, with_message_id
-from tests.ws_client import WsClient
 
 GATEWAYS = ["wppconnect", "evolution", "cloudapi"]
 TEXT = {"wppconnect": "onmessage_text", "evolution": "v2_messages_upsert_text", "cloudapi": "inbound_text"}

@@ -28,15 +28,20 @@ from app.domain.gateways.destinations import RefusedDestination, check_destinati
 from app.domain.gateways.media import FetchFailed, FetchTarget, fetch_media
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.server.core import DEFAULT_MAX_BODY_BYTES
-from tests.factories import OrganizationFactory, create_tenant
 from tests.fake_gateway import FakeGateway, Reply, status
 from tests.integration.test_gateway_media import PATHS, REFS, RawServer, media_info, redirect
-from tests.process_rig import ApiProcess
-from tests.security.conftest import LOGIN_LIMIT, WEBHOOK_LIMIT, Served, World
+from tests.kit.clients import WsClient
+from tests.kit.data import fixture_for, signed_headers, with_message_id
+from tests.kit.factories import OrganizationFactory, create_tenant
+from tests.kit.processes import ApiProcess
 from tests.security.support import (
     API,
     INBOX,
+    LOGIN_LIMIT,
+    WEBHOOK_LIMIT,
     Client,
+    Orgs,
+    Served,
     bearer,
     history,
     login,
@@ -45,8 +50,6 @@ from tests.security.support import (
     valid_token,
     ws_outcome,
 )
-from tests.webhooks import fixture_for, signed_headers, with_message_id
-from tests.ws_client import WsClient
 
 
 @pytest.fixture
@@ -113,7 +116,7 @@ def json_of_size(size: int, **fields: str) -> bytes:
 
 async def test_rest_bodies_over_1_mib_are_413_and_store_nothing(
     processes: list[ApiProcess],
-    world: World,
+    world: Orgs,
     settings: Settings,
     engine: AsyncEngine,
     http: httpx.AsyncClient,
@@ -187,7 +190,7 @@ async def test_webhook_bodies_over_the_limit_are_413_and_store_nothing(
 
 
 async def test_websocket_frames_over_the_size_limit_are_refused_and_the_socket_survives(
-    processes: list[ApiProcess], world: World, settings: Settings
+    processes: list[ApiProcess], world: Orgs, settings: Settings
 ):
     limit = settings.realtime.max_frame_bytes
     client = await WsClient.connect(processes[0].ws_url, valid_token(settings, world.a.tenant))
@@ -348,7 +351,7 @@ async def raw_get(process: ApiProcess, target: str, token: str) -> tuple[int, by
     return int(head.split(b" ", 2)[1]), body
 
 
-async def test_media_routes_take_only_uuids(processes: list[ApiProcess], world: World, settings: Settings):
+async def test_media_routes_take_only_uuids(processes: list[ApiProcess], world: Orgs, settings: Settings):
     a = world.a
     token = valid_token(settings, a.tenant)
     media = f"{API}/media"
@@ -375,7 +378,7 @@ async def test_media_routes_take_only_uuids(processes: list[ApiProcess], world: 
 
 
 async def test_a_hostile_file_name_cannot_shape_the_download_headers(
-    served: Served, world: World, engine: AsyncEngine
+    served: Served, world: Orgs, engine: AsyncEngine
 ):
     a = world.a
     hostile = "../../etc/passwd\"; filename*=UTF-8''evil.html\r\nSet-Cookie: session=stolen\r\n\r\n<script>"
@@ -499,7 +502,7 @@ DISALLOWED_ORIGINS = [
 
 
 async def test_websocket_from_a_disallowed_origin_is_refused(
-    processes: list[ApiProcess], world: World, settings: Settings, client: Client
+    processes: list[ApiProcess], world: Orgs, settings: Settings, client: Client
 ):
     process = processes[0]
     token = await login(client, world.a.tenant.agent.email)
@@ -512,7 +515,7 @@ async def test_websocket_from_a_disallowed_origin_is_refused(
         assert ([f["type"] for f in frames], code) == (["ready"], 0), origin
 
 
-async def test_rest_answers_no_cors_grant_to_a_disallowed_origin(served: Served, world: World):
+async def test_rest_answers_no_cors_grant_to_a_disallowed_origin(served: Served, world: Orgs):
     client, fast = served.client, served.asgi
     a = world.a
     token = await login(client, a.tenant.agent.email)

@@ -24,12 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.db.models import WhatsAppInstance
-from tests.databases import plain_dsn
-from tests.factories import create_tenant
-from tests.process_rig import api_processes, env_for
+from tests.kit.data import env_for, signed_headers
+from tests.kit.databases import plain_dsn
+from tests.kit.factories import create_tenant
+from tests.kit.processes import api_processes
 from tests.security.support import row_counts
 from tests.security.test_webhook_entry import text_body
-from tests.webhooks import signed_headers
 
 LOGIN_LIMIT = 10
 

@@ -15,8 +15,9 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from tests.factories import PASSWORD, create_tenant
-from tests.process_rig import api_processes, env_for
+from tests.kit.data import env_for
+from tests.kit.factories import PASSWORD, create_tenant
+from tests.kit.processes import api_processes
 
 ADDRESS_LIMIT = 3
 ACCOUNT_LIMIT = 5

@@ -34,14 +34,14 @@ from app.domain.media import processing
 from app.domain.media.decode_budget import DecodeBudget
 from app.lib.jobs import media_job_id, media_queue_name
 from app.workers.media import process_media
-from tests.factories import Tenant, create_tenant
 from tests.integration.test_media_pipeline import (
     stored_files,
     worker_ctx,  # noqa: F401  (a fixture, used by name)
 )
-from tests.integration.test_send_killed import eventually
+from tests.kit.clients import eventually
+from tests.kit.factories import Tenant, create_tenant
 from tests.kit.measure import MiB, RssSampler, cpu_seconds, status_bytes
-from tests.process_rig import arq_worker
+from tests.kit.processes import arq_worker
 
 SIDE = 6300  # 39.7 MP: under MAX_PIXELS, 159 MB as decoded RGBA
 PEAK_RISE_LIMIT_MB = 300  # the fix peaks near one decode (~170 MB); before it, ~800 MB and more

@@ -18,11 +18,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
-from tests.process_rig import ApiProcess, api_processes, env_for
-from tests.security.conftest import World
-from tests.security.support import valid_token
-from tests.webhooks import fixture_for, with_message_id
-from tests.ws_client import WsClient
+from tests.kit.clients import WsClient
+from tests.kit.data import env_for, fixture_for, with_message_id
+from tests.kit.processes import ApiProcess, api_processes
+from tests.security.support import Orgs, valid_token
 
 CLOSE_UNAUTHORIZED = 4401
 
@@ -56,7 +55,7 @@ async def _ws_outcome(process: ApiProcess, query: str) -> int:
 
 
 async def test_no_spelling_of_a_query_token_or_secret_is_accepted_twice_or_logged(
-    logged_process: ApiProcess, world: World, settings: Settings
+    logged_process: ApiProcess, world: Orgs, settings: Settings
 ) -> None:
     jwt = valid_token(settings, world.a.tenant)
     wpp, cloud = world.a.tenant.instance("wppconnect"), world.a.tenant.instance("cloudapi")

@@ -20,11 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.server.http_protocol import connection_limit
-from tests.factories import create_tenant
 from tests.faults.harness import GATEWAY, stored_gateway_ids, text_webhooks
-from tests.process_rig import ApiProcess, api_processes, env_for
+from tests.kit.clients import WsClient
+from tests.kit.data import env_for
+from tests.kit.factories import create_tenant
+from tests.kit.processes import ApiProcess, api_processes
 from tests.security.support import valid_token
-from tests.ws_client import WsClient
 
 HALF_HEAD = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 

@@ -11,10 +11,8 @@ relay (tests/kit/tcp_relay.py), as a managed database does: on loopback a read i
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import os
 import time
 from urllib.parse import quote
 from uuid import UUID
@@ -26,13 +24,14 @@ from app.config import Settings
 from app.db.models import Conversation
 from app.domain.conversations.ingest import IngestService
 from app.domain.realtime.connection import CLOSE_TOO_MANY_SOCKETS
-from tests.events import text_message
-from tests.factories import Tenant, create_tenant
-from tests.faults.harness import GATEWAY, LeanWebSocket
+from tests.kit.clients import RawWebSocket, WsClient
+from tests.kit.data import env_for, text_message
+from tests.kit.factories import Tenant, create_tenant
+from tests.kit.processes import ApiProcess, api_processes
 from tests.kit.tcp_relay import delayed_database
-from tests.process_rig import ApiProcess, api_processes, env_for
 from tests.security.support import valid_token, ws_outcome
-from tests.ws_client import WsClient
+
+GATEWAY = "evolution"
 
 
 async def _seed(session: AsyncSession, tenant: Tenant, conversations: int, messages: int) -> list[UUID]:
@@ -90,7 +89,7 @@ class _FloodSocket:
 
     def __init__(self, done_times: list[float]) -> None:
         self.done_times = done_times
-        self.ws: LeanWebSocket | None = None
+        self.ws: RawWebSocket | None = None
         self.ready = asyncio.Event()  # authenticated: its frames are read from now on
 
     def on_text(self, frame: bytes) -> None:
@@ -100,16 +99,8 @@ class _FloodSocket:
             self.ready.set()
 
     async def connect(self, api: ApiProcess, token: str) -> None:
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET /ws?token={quote(token)} HTTP/1.1\r\nHost: 127.0.0.1:{api.port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        self.ws = LeanWebSocket(request, self.on_text, lambda: None)
-        await asyncio.get_running_loop().create_connection(lambda: self.ws, "127.0.0.1", api.port)  # type: ignore[arg-type, return-value]
+        self.ws = await RawWebSocket.open(api.port, f"/ws?token={quote(token)}", self.on_text, timeout=10)
         async with asyncio.timeout(10):
-            await self.ws.upgraded
             await self.ready.wait()
 
 

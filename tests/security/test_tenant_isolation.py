@@ -23,14 +23,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.domain.realtime.frames import CLIENT_FRAME_TYPES
 from app.server.core import create_app
-from tests.factories import PASSWORD
-from tests.process_rig import ApiProcess
-from tests.security.conftest import Served, World
+from tests.kit.clients import Json, WsClient
+from tests.kit.data import fixture_for, signed_headers
+from tests.kit.factories import PASSWORD
+from tests.kit.processes import ApiProcess
 from tests.security.support import (
     API,
     INBOX,
     Client,
     Org,
+    Orgs,
+    Served,
     bearer,
     history,
     login,
@@ -38,8 +41,6 @@ from tests.security.support import (
     post_evolution_text,
     prime_fast_path,
 )
-from tests.webhooks import fixture_for, signed_headers
-from tests.ws_client import Json, WsClient
 
 CONVERSATION = "/api/whatsapp-optimized/conversations/{conversation_id:uuid}"
 READ = "/api/whatsapp-optimized/conversations/{conversation_id:uuid}/read"
@@ -151,7 +152,7 @@ def test_every_route_has_a_case(settings: Settings) -> None:
 
 
 async def test_another_orgs_ids_answer_exactly_as_unknown_ids_and_change_nothing(
-    served: Served, world: World, engine: AsyncEngine
+    served: Served, world: Orgs, engine: AsyncEngine
 ):
     client, fast = served.client, served.asgi
     a, b = world.a, world.b
@@ -189,7 +190,7 @@ async def test_another_orgs_ids_answer_exactly_as_unknown_ids_and_change_nothing
                 assert own.status_code != 404, (case, own.text)
 
 
-async def test_the_inbox_never_lists_another_org(served: Served, world: World):
+async def test_the_inbox_never_lists_another_org(served: Served, world: Orgs):
     client, fast = served.client, served.asgi
     a, b = world.a, world.b
     token_a = await login(client, a.tenant.agent.email)
@@ -230,7 +231,7 @@ async def test_the_inbox_never_lists_another_org(served: Served, world: World):
         assert_nothing_of(b, response.text, "a cursor page")
 
 
-async def test_stats_count_only_the_callers_org(settings: Settings, world: World):
+async def test_stats_count_only_the_callers_org(settings: Settings, world: Orgs):
     # Org admins who are not deployment admins: the organisation's own figures only.
     org_only = replace(settings, auth=replace(settings.auth, deployment_admins=[]))
     async with AsyncTestClient(app=create_app(org_only)) as client:
@@ -250,7 +251,7 @@ async def test_stats_count_only_the_callers_org(settings: Settings, world: World
         assert refused.status_code == 403
 
 
-async def test_public_routes_carry_no_tenant_data(settings: Settings, served: Served, world: World):
+async def test_public_routes_carry_no_tenant_data(settings: Settings, served: Served, world: Orgs):
     client = served.client
     b = world.b
     token_b = await login(client, b.tenant.agent.email)
@@ -279,7 +280,7 @@ async def test_public_routes_carry_no_tenant_data(settings: Settings, served: Se
 
 
 async def test_webhooks_of_another_org_need_its_own_credentials(
-    served: Served, world: World, engine: AsyncEngine
+    served: Served, world: Orgs, engine: AsyncEngine
 ):
     """A holds its own instances' secrets; with them, nothing can be posted as B's instance."""
     client = served.client
@@ -361,7 +362,7 @@ def frame_naming(template: dict[str, Any], ident: UUID | str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("frame_type", sorted(CLIENT_FRAME_TYPES))
 async def test_frames_naming_another_orgs_conversation_answer_as_for_an_unknown_one(
-    processes: list[ApiProcess], world: World, client: Client, frame_type: str
+    processes: list[ApiProcess], world: Orgs, client: Client, frame_type: str
 ):
     process = processes[0]
     a, b = world.a, world.b
@@ -385,7 +386,7 @@ async def test_frames_naming_another_orgs_conversation_answer_as_for_an_unknown_
 
 
 async def test_no_event_of_another_org_reaches_a_socket(
-    processes: list[ApiProcess], world: World, client: Client
+    processes: list[ApiProcess], world: Orgs, client: Client
 ):
     first, second = processes
     a, b = world.a, world.b
@@ -432,7 +433,7 @@ async def test_no_event_of_another_org_reaches_a_socket(
 
 
 async def test_websocket_info_counts_only_the_callers_org(
-    processes: list[ApiProcess], world: World, client: Client
+    processes: list[ApiProcess], world: Orgs, client: Client
 ):
     process = processes[1]
     a, b = world.a, world.b

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app.config import Settings
 from app.db.models import Agent
-from tests.process_rig import ApiProcess, api_processes, env_for
-from tests.security.conftest import World
-from tests.security.support import API, INBOX, bearer, history, valid_token, ws_outcome
+from tests.kit.data import env_for
+from tests.kit.processes import ApiProcess, api_processes
+from tests.security.support import API, INBOX, Orgs, bearer, history, valid_token, ws_outcome
 
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
@@ -42,7 +42,7 @@ def _get(process: ApiProcess, path: str, token: str) -> httpx.Response:
 
 
 async def test_a_process_without_postgres_refuses_tokens_it_never_verified(
-    world: World, settings: Settings, engine: AsyncEngine, dead_postgres_url: str
+    world: Orgs, settings: Settings, engine: AsyncEngine, dead_postgres_url: str
 ) -> None:
     deleted = valid_token(settings, world.a.tenant)  # an agent about to be deleted
     bystander = valid_token(settings, world.b.tenant)  # an agent in good standing

@@ -24,15 +24,17 @@ from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
 from app.db.models import Agent
-from tests.factories import PASSWORD
-from tests.process_rig import ApiProcess
-from tests.security.conftest import Served, World
+from tests.kit.clients import WsClient
+from tests.kit.factories import PASSWORD
+from tests.kit.processes import ApiProcess
 from tests.security.support import (
     API,
     INBOX,
     Client,
     Org,
+    Orgs,
     RsaKey,
+    Served,
     b64url,
     b64url_json,
     bearer,
@@ -48,7 +50,6 @@ from tests.security.support import (
     valid_token,
     ws_outcome,
 )
-from tests.ws_client import WsClient
 
 CLOSE_UNAUTHORIZED = 4401
 
@@ -72,7 +73,7 @@ def _tampered(token: str, **changes: Any) -> str:
     return f"{header}.{b64url_json({**_claims(token), **changes})}.{signature}"
 
 
-Forger = Callable[[Settings, World], str]
+Forger = Callable[[Settings, Orgs], str]
 
 
 def _secret(settings: Settings) -> bytes:
@@ -135,7 +136,7 @@ def assert_unauthorized(response: Any, what: str) -> None:
 
 
 async def test_forged_and_broken_tokens_are_refused_on_rest_and_the_fast_path(
-    served: Served, world: World, settings: Settings, engine: AsyncEngine
+    served: Served, world: Orgs, settings: Settings, engine: AsyncEngine
 ):
     client, fast = served.client, served.asgi
     a = world.a
@@ -176,7 +177,7 @@ async def test_forged_and_broken_tokens_are_refused_on_rest_and_the_fast_path(
 
 
 async def test_forged_and_broken_tokens_are_refused_on_the_websocket(
-    processes: list[ApiProcess], world: World, settings: Settings
+    processes: list[ApiProcess], world: Orgs, settings: Settings
 ):
     process = processes[0]
     outcomes = {}
@@ -191,7 +192,7 @@ async def test_forged_and_broken_tokens_are_refused_on_the_websocket(
 
 
 async def test_a_token_that_expires_after_use_is_refused_everywhere_it_was_remembered(
-    served: Served, world: World, settings: Settings, processes: list[ApiProcess]
+    served: Served, world: Orgs, settings: Settings, processes: list[ApiProcess]
 ):
     """Valid, then cached by the fast path (page in memory, token verified), then expired."""
     client, fast = served.client, served.asgi
@@ -243,7 +244,7 @@ TOKEN_REVOCATIONS = [*REVOCATIONS, "given another role", "given a new password",
 
 
 @pytest.mark.parametrize("how", REVOCATIONS)
-async def test_a_revoked_agent_cannot_log_in(served: Served, world: World, engine: AsyncEngine, how: str):
+async def test_a_revoked_agent_cannot_log_in(served: Served, world: Orgs, engine: AsyncEngine, how: str):
     await _revoke(engine, world.a.tenant.agent.id, how)
     response = await served.client.post(
         "/api/auth/login", json={"email": world.a.tenant.agent.email, "password": PASSWORD}
@@ -268,7 +269,7 @@ async def _refused_soon(request: Callable[[], Awaitable[Any]], what: str) -> Any
 
 @pytest.mark.parametrize("how", TOKEN_REVOCATIONS)
 async def test_a_revoked_agents_token_is_refused_on_first_use(
-    served: Served, world: World, settings: Settings, engine: AsyncEngine, how: str
+    served: Served, world: Orgs, settings: Settings, engine: AsyncEngine, how: str
 ):
     """Issued before the change, presented for the first time after it: Postgres is asked, no waiting."""
     token = valid_token(settings, world.a.tenant)
@@ -281,7 +282,7 @@ async def test_a_revoked_agents_token_is_refused_on_first_use(
 
 @pytest.mark.parametrize("how", TOKEN_REVOCATIONS)
 async def test_a_revoked_agents_remembered_token_is_refused(
-    served: Served, world: World, engine: AsyncEngine, how: str
+    served: Served, world: Orgs, engine: AsyncEngine, how: str
 ):
     """Verified (and remembered by VerifiedTokens) before the change."""
     token = await login(served.client, world.a.tenant.agent.email)
@@ -295,7 +296,7 @@ async def test_a_revoked_agents_remembered_token_is_refused(
 
 @pytest.mark.parametrize("how", TOKEN_REVOCATIONS)
 async def test_a_revoked_agents_token_is_refused_by_the_fast_path(
-    served: Served, world: World, engine: AsyncEngine, how: str
+    served: Served, world: Orgs, engine: AsyncEngine, how: str
 ):
     client, fast = served.client, served.asgi
     token = await login(client, world.a.tenant.agent.email)
@@ -313,7 +314,7 @@ async def test_a_revoked_agents_token_is_refused_by_the_fast_path(
 
 
 async def test_a_new_login_after_the_change_works_and_the_old_token_stays_refused(
-    served: Served, world: World, engine: AsyncEngine
+    served: Served, world: Orgs, engine: AsyncEngine
 ):
     client = served.client
     path = f"{API}/conversations/{world.a.conversation_id}"
@@ -327,7 +328,7 @@ async def test_a_new_login_after_the_change_works_and_the_old_token_stays_refuse
 
 
 async def test_reactivating_an_agent_does_not_bring_old_tokens_back(
-    served: Served, world: World, engine: AsyncEngine, settings: Settings
+    served: Served, world: Orgs, engine: AsyncEngine, settings: Settings
 ):
     agent_id = world.a.tenant.agent.id
     old = await login(served.client, world.a.tenant.agent.email)
@@ -343,7 +344,7 @@ async def test_reactivating_an_agent_does_not_bring_old_tokens_back(
 
 @pytest.mark.parametrize("how", REVOCATIONS)
 async def test_a_revoked_agent_cannot_open_a_socket(
-    processes: list[ApiProcess], world: World, engine: AsyncEngine, settings: Settings, how: str
+    processes: list[ApiProcess], world: Orgs, engine: AsyncEngine, settings: Settings, how: str
 ):
     process = processes[0]
     token = valid_token(settings, world.a.tenant)
@@ -359,7 +360,7 @@ async def test_a_revoked_agent_cannot_open_a_socket(
 
 @pytest.mark.parametrize("how", TOKEN_REVOCATIONS)
 async def test_a_revoked_agents_open_socket_is_closed_and_gets_no_more_messages(
-    processes: list[ApiProcess], world: World, engine: AsyncEngine, client: Client, how: str
+    processes: list[ApiProcess], world: Orgs, engine: AsyncEngine, client: Client, how: str
 ):
     """The socket was opened before the change; the next message of the org must not reach it."""
     first, second = processes

@@ -18,9 +18,9 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.models import GatewayKind, WhatsAppInstance
-from tests.factories import InstanceFactory, Tenant, create_tenant
+from tests.kit.data import fixture_for, signed_headers, with_message_id
+from tests.kit.factories import InstanceFactory, Tenant, create_tenant
 from tests.security.support import row_counts
-from tests.webhooks import fixture_for, signed_headers, with_message_id
 
 Client = AsyncTestClient[Litestar]
 GATEWAYS = ["wppconnect", "evolution", "cloudapi"]

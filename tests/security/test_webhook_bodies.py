@@ -29,12 +29,12 @@ from app.config import Settings
 from app.db.models import Media, Message, WhatsAppInstance
 from app.domain.conversations.storable import MAX_TEXT_CHARS, TRUNCATION_MARKER
 from app.domain.ingest.bodies import UNVERIFIED_READ_WAIT_S
-from tests.factories import create_tenant
+from tests.kit.data import env_for, fixture_for, signed_headers, with_message_id
+from tests.kit.factories import create_tenant
 from tests.kit.measure import MiB, RssSampler, cpu_seconds, rss_bytes
-from tests.process_rig import ApiProcess, api_processes, env_for
+from tests.kit.processes import ApiProcess, api_processes
 from tests.security.support import row_counts
 from tests.security.test_webhook_entry import CHUNK, TEXT, deliver, from_address, live_app, text_body
-from tests.webhooks import fixture_for, signed_headers, with_message_id
 
 HOSTILE_BODY_BYTES = 23 * MiB  # just under WEBHOOK_MAX_BODY_BYTES (24 MiB), as in the issue
 HOSTILE_PER_GATEWAY = 20

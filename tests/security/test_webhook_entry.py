@@ -28,11 +28,10 @@ from app.domain.gateways.base import WebhookUnauthorized
 from app.domain.ingest.throttle import WebhookAuthThrottle
 from app.lib.throttle_calls import ThrottleCalls
 from app.server.core import create_app
-from tests.factories import create_tenant
-from tests.process_rig import ApiProcess
-from tests.security.conftest import WEBHOOK_AUTH_LIMIT
-from tests.security.support import row_counts
-from tests.webhooks import fixture_for, signed_headers, with_message_id
+from tests.kit.data import fixture_for, signed_headers, with_message_id
+from tests.kit.factories import create_tenant
+from tests.kit.processes import ApiProcess
+from tests.security.support import WEBHOOK_AUTH_LIMIT, row_counts
 
 NOTHING = {"messages": 0, "conversations": 0, "contacts": 0, "media": 0}
 TEXT = {"wppconnect": "onmessage_text", "evolution": "v2_messages_upsert_text", "cloudapi": "inbound_text"}

@@ -13,12 +13,11 @@ from collections import Counter
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from tests.factories import create_tenant
-from tests.process_rig import ApiProcess
-from tests.security.conftest import WEBHOOK_AUTH_LIMIT
-from tests.security.support import row_counts
+from tests.kit.data import signed_headers
+from tests.kit.factories import create_tenant
+from tests.kit.processes import ApiProcess
+from tests.security.support import WEBHOOK_AUTH_LIMIT, row_counts
 from tests.security.test_webhook_entry import NOTHING, assert_throttled, from_address, text_body
-from tests.webhooks import signed_headers
 
 CONCURRENT_GUESSES = 200
 

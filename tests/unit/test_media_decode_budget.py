@@ -25,7 +25,7 @@ from app.domain.media.processing import (
     thumbnail_cost,
     thumbnail_size,
 )
-from tests.process_rig import ROOT
+from tests.kit.processes import ROOT
 
 MiB = 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""The raw ASGI baseline of the suite: `uvicorn tests.bench.raw_asgi:app` answers every request with the
+"""The raw ASGI baseline of the suite: `uvicorn tests.kit.raw_asgi:app` answers every request with the
 bytes of a file, chosen by exact path (else the default), and nothing else: no routing, auth, cache or
 database. Standard library only, so it starts in a fraction of a second.
 

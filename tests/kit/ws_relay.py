@@ -1,6 +1,6 @@
 """The baseline of the real-time benchmark: the least a Redis -> WebSocket relay has to do.
 
-`python -m tests.bench.realtime_relay PORT REDIS_URL CHANNEL` serves WebSockets on 127.0.0.1:PORT, speaks
+`python -m tests.kit.ws_relay PORT REDIS_URL CHANNEL` serves WebSockets on 127.0.0.1:PORT, speaks
 just enough of the app's protocol for the same bench client (ready, subscribe, replay.done), SUBSCRIBEs to
 one Redis channel whose messages are "<room>\\n<frame>", and writes each frame to the sockets of that room.
 No auth, no database, no queues, no per-room seq bookkeeping: what is left is Redis, the event loop and the
@@ -25,7 +25,8 @@ from typing import NamedTuple
 from redis.asyncio import Redis
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from tests.process_rig import ROOT, STOP_TIMEOUT, _free_port
+from tests.kit.measure import free_port
+from tests.kit.processes import ROOT, STOP_TIMEOUT
 
 START_TIMEOUT = 60.0  # two cores shared with other work: an interpreter can take seconds to start
 
@@ -76,8 +77,8 @@ def relay_processes(count: int, redis_url: str, channel: str) -> Iterator[list[R
     try:
         relays = []
         for _ in range(count):
-            port = _free_port()
-            cmd = [sys.executable, "-m", "tests.bench.realtime_relay", str(port), redis_url, channel]
+            port = free_port()
+            cmd = [sys.executable, "-m", "tests.kit.ws_relay", str(port), redis_url, channel]
             proc = subprocess.Popen(
                 cmd,
                 cwd=ROOT,

@@ -1,4 +1,5 @@
-"""Throw-away databases on the test server, built by the real Alembic scripts (tests and benchmarks)."""
+"""Throw-away databases on the test server, built by the real Alembic scripts, and a run's Redis key space
+dropped (tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 from app.config import normalise_database_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def plain_dsn(url: str) -> str:
@@ -56,3 +58,21 @@ def scratch_database(server_url: str, prefix: str, *, migrate: bool = True) -> I
         yield url
     finally:
         _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def drop_redis_keys(url: str, prefix: str) -> int:
+    """Unlink every key under `prefix:` (a run's own key space); how many there were."""
+    redis = Redis.from_url(url)
+    dropped = 0
+    try:
+        batch: list[bytes] = []
+        async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                dropped += await redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            dropped += await redis.unlink(*batch)
+    finally:
+        await redis.aclose()
+    return dropped

@@ -15,7 +15,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.databases import scratch_database
+from tests.kit.databases import scratch_database
 
 Bench = Callable[[argparse.Namespace, str], Awaitable[None]]
 

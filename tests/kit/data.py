@@ -1,0 +1,304 @@
+"""The data tests and benchmarks build: one settings builder and the environment a child process needs to
+read the same settings back, gateway events as the adapters produce them, and webhooks as each gateway
+posts them (from tests/fixtures/gateways/). Issue 14: five settings builders and three webhook builders
+stood apart in the tests and benches.
+
+`env_for` is one table of (variable, section, field) beside the conversions Settings.from_env undoes; a
+test checks the round trip, so a new setting without its variable here is noticed.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import hashlib
+import hmac
+import io
+import json
+import os
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from httpx import Response
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from PIL import Image
+from polyfactory import Use
+from polyfactory.factories.msgspec_factory import MsgspecFactory
+
+from app.config import AppSettings, AuthSettings, DatabaseSettings, RedisSettings, Settings
+from app.db.models import WhatsAppInstance
+from app.domain.gateways.events import (
+    Direction,
+    InboundMessage,
+    MediaRef,
+    MessageStatus,
+    MessageType,
+    StatusUpdate,
+)
+from tests.fixtures import load_fixture_json
+
+# -- settings ------------------------------------------------------------------------------------------
+
+
+def make_settings(
+    database_url: str,
+    redis_url: str | None = None,
+    *,
+    environment: str = "bench",
+    key_prefix: str = "crm-bench",
+    log_level: str = "WARNING",
+    **sections: dict[str, Any],
+) -> Settings:
+    """Production defaults but for JSON logs at `log_level`, a fresh JWT secret, tokens valid an hour, a
+    pool of 20 (+10), and a Redis key prefix of the run's own (`key_prefix`-<random>); `sections` change
+    fields of a section by name, e.g. `auth={"deployment_admins": ["@example.com"]}`."""
+    settings = Settings(
+        app=AppSettings(environment=environment, log_level=log_level, log_json=True),
+        db=DatabaseSettings(url=database_url, pool_size=20, max_overflow=10),
+        redis=RedisSettings(
+            url=redis_url or os.environ["REDIS_URL"], key_prefix=f"{key_prefix}-{secrets.token_hex(4)}"
+        ),
+        auth=AuthSettings(jwt_secret=secrets.token_urlsafe(32), token_ttl_seconds=3600),
+    )
+    changed = {
+        name: dataclasses.replace(getattr(settings, name), **fields) for name, fields in sections.items()
+    }
+    return dataclasses.replace(settings, **changed)
+
+
+# (variable, section, field) for every setting Settings.from_env reads with a plain conversion.
+_ENV_FIELDS = [
+    ("APP_ENV", "app", "environment"),
+    ("PUBLIC_BASE_URL", "app", "public_base_url"),
+    ("CORS_ALLOWED_ORIGINS", "app", "cors_allowed_origins"),
+    ("WEBHOOK_MAX_BODY_BYTES", "app", "webhook_max_body_bytes"),
+    ("WEBHOOK_CLOUDAPI_MAX_BODY_BYTES", "app", "webhook_cloudapi_max_body_bytes"),
+    ("WEBHOOK_UNVERIFIED_READS", "app", "webhook_unverified_reads"),
+    ("WEBHOOK_UNVERIFIED_BYTES", "app", "webhook_unverified_bytes"),
+    ("WEBHOOK_INSTANCE_CACHE_SECONDS", "app", "webhook_instance_cache_s"),
+    ("INGEST_BATCH_FLIGHTS", "app", "ingest_flights"),
+    ("LOG_LEVEL", "app", "log_level"),
+    ("METRICS_TOKEN", "app", "metrics_token"),
+    ("DATABASE_URL", "db", "url"),
+    ("DB_POOL_SIZE", "db", "pool_size"),
+    ("DB_MAX_OVERFLOW", "db", "max_overflow"),
+    ("DB_POOL_TIMEOUT", "db", "pool_timeout"),
+    # "" reads as unset, and being set it also keeps a developer's ./.env from filling the value in.
+    ("DB_STATEMENT_CACHE_SIZE", "db", "statement_cache_size"),
+    ("DB_LISTEN_URL", "db", "listen_url"),
+    ("REDIS_URL", "redis", "url"),
+    ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
+    ("JWT_SECRET", "auth", "jwt_secret"),
+    ("JWT_TTL_SECONDS", "auth", "token_ttl_seconds"),
+    ("TOKEN_REVOCATION_CHECK_SECONDS", "auth", "revocation_check_s"),
+    ("LOGIN_FAILURES_PER_ACCOUNT", "auth", "login_failures_per_account"),
+    ("LOGIN_ACCOUNT_WINDOW_SECONDS", "auth", "login_account_window_s"),
+    ("LOGIN_CONCURRENCY", "auth", "login_concurrency"),
+    ("WEBHOOK_AUTH_FAILURES_PER_MINUTE", "auth", "webhook_auth_failures_per_minute"),
+    ("DEPLOYMENT_ADMINS", "auth", "deployment_admins"),
+    ("WS_HEARTBEAT_SECONDS", "realtime", "heartbeat_s"),
+    ("WS_QUEUE_SIZE", "realtime", "queue_size"),
+    ("WS_MAX_FRAME_BYTES", "realtime", "max_frame_bytes"),
+    ("WS_FRAMES_PER_SECOND", "realtime", "frames_per_second"),
+    ("WS_CATCH_UP_SECONDS", "realtime", "catch_up_interval_s"),
+    ("WS_REPLAY_CONCURRENCY", "realtime", "replay_concurrency"),
+    ("WS_REPLAY_CONCURRENCY_PER_AGENT", "realtime", "replay_concurrency_per_agent"),
+    ("WS_MAX_SOCKETS_PER_AGENT", "realtime", "max_sockets_per_agent"),
+    ("HTTP_HEADER_TIMEOUT_SECONDS", "http", "header_timeout_s"),
+    ("HTTP_BODY_IDLE_TIMEOUT_SECONDS", "http", "body_idle_timeout_s"),
+    ("HTTP_BODY_TIMEOUT_SECONDS", "http", "body_timeout_s"),
+    ("HTTP_MAX_CONNECTIONS", "http", "max_connections"),
+    ("CACHE_MEMORY_MAX_BYTES", "cache", "memory_max_bytes"),
+    ("CACHE_MEMORY_TTL_SECONDS", "cache", "memory_ttl_s"),
+    ("CACHE_REDIS_TTL_SECONDS", "cache", "redis_ttl_s"),
+    ("CACHE_WARM_CONVERSATIONS", "cache", "warm_conversations"),
+    ("CACHE_IDLE_SECONDS", "cache", "idle_after_s"),
+    ("CACHE_REDIS_MAX_KEYS", "cache", "redis_max_keys"),
+    ("MEDIA_STORAGE_URL", "media", "storage_url"),
+    ("MEDIA_MAX_BYTES", "media", "max_bytes"),
+    ("MEDIA_CONCURRENCY", "media", "concurrency"),
+    ("MEDIA_DECODE_BUDGET_BYTES", "media", "decode_budget_bytes"),
+    ("WORKER_HEALTH_CHECK_SECONDS", "workers", "health_check_s"),
+]
+
+
+def _as_env(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
+
+
+def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment of a child process whose `Settings.from_env()` equals `settings` (but for the
+    login limit, raised: all test logins come from 127.0.0.1 and count in the shared Redis)."""
+    # uvicorn reads UVICORN_* and WEB_CONCURRENCY itself: inherited ones could change host, port or workers.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UVICORN_") and k != "WEB_CONCURRENCY"}
+    env.update({name: _as_env(getattr(getattr(settings, sec), fld)) for name, sec, fld in _ENV_FIELDS})
+    env.update(
+        LOG_FORMAT="json" if settings.app.log_json else "console",
+        DB_ECHO="1" if settings.db.echo else "",
+        LOGIN_ATTEMPTS_PER_MINUTE="100000",
+        PYTHONUNBUFFERED="1",  # logs() sees lines as they are written, and a SIGKILL loses none
+    )
+    env.update(overrides)
+    return env
+
+
+# -- gateway events, as the adapters produce them -------------------------------------------------------
+
+
+class InboundMessageFactory(MsgspecFactory[InboundMessage]):
+    """An inbound text message from one contact, with a fresh gateway message id."""
+
+    gateway_message_id = Use(lambda: f"MSG{secrets.token_hex(8).upper()}")
+    chat_id = "5511999990000"
+    contact_name = "Customer"
+    direction = Direction.INBOUND
+    type = MessageType.TEXT
+    body = "hello"
+    sent_at = Use(lambda: datetime.now(UTC))
+    status = MessageStatus.RECEIVED
+    media = None
+    account = None
+
+
+def text_message(
+    chat_id: str = "5511999990000",
+    body: str = "hello",
+    *,
+    gateway_message_id: str | None = None,
+    direction: Direction = Direction.INBOUND,
+    contact_name: str | None = "Customer",
+    sent_at: datetime | None = None,
+) -> InboundMessage:
+    fields: dict[str, Any] = {"gateway_message_id": gateway_message_id, "sent_at": sent_at}
+    return InboundMessageFactory.build(
+        chat_id=chat_id,
+        body=body,
+        direction=direction,
+        contact_name=contact_name,
+        status=MessageStatus.RECEIVED if direction is Direction.INBOUND else MessageStatus.SENT,
+        raw={"body": body},
+        **{k: v for k, v in fields.items() if v is not None},
+    )
+
+
+def image_message(chat_id: str = "5511999990000", *, inline_base64: str | None = None) -> InboundMessage:
+    return InboundMessageFactory.build(
+        gateway_message_id=f"IMG{secrets.token_hex(8).upper()}",
+        chat_id=chat_id,
+        type=MessageType.IMAGE,
+        body="a caption",
+        media=MediaRef(gateway_ref="media-ref-1", mime_type="image/jpeg", inline_base64=inline_base64),
+        raw={"body": inline_base64 or "", "caption": "a caption"},
+    )
+
+
+def status(gateway_message_id: str, new_status: MessageStatus) -> StatusUpdate:
+    return StatusUpdate(gateway_message_id=gateway_message_id, chat_id=None, status=new_status)
+
+
+# -- webhooks, as each gateway posts them ---------------------------------------------------------------
+
+
+def retarget(gateway: str, data: Any, instance: WhatsAppInstance) -> Any:
+    """The fixture addressed to `instance` (WPPConnect session, Evolution instance, Cloud API phone id)."""
+    data = copy.deepcopy(data)
+    if gateway == "wppconnect":
+        data["session"] = instance.name
+    elif gateway == "evolution":
+        data["instance"] = instance.name
+    else:
+        for entry in data.get("entry", []):
+            for change in entry.get("changes", []):
+                change.get("value", {}).setdefault("metadata", {})["phone_number_id"] = (
+                    instance.phone_number_id
+                )
+    return data
+
+
+def fixture_for(gateway: str, name: str, instance: WhatsAppInstance) -> Any:
+    return retarget(gateway, load_fixture_json(gateway, name), instance)
+
+
+def with_message_id(gateway: str, data: Any, message_id: str, *, text: str | None = None) -> Any:
+    """A copy of a single-message fixture with another gateway message id (and optionally text)."""
+    data = copy.deepcopy(data)
+    if gateway == "wppconnect":
+        data["id"] = message_id
+        if text is not None:
+            data["body"] = text
+    elif gateway == "evolution":
+        data["data"]["key"]["id"] = message_id
+        if text is not None:
+            data["data"]["message"] = {"conversation": text}
+    else:
+        message = data["entry"][0]["changes"][0]["value"]["messages"][0]
+        message["id"] = message_id
+        if text is not None:
+            message["text"] = {"body": text}
+    return data
+
+
+def evolution_body(instance: str, message_id: str, chat: str, text: str) -> bytes:
+    """An Evolution `messages.upsert` text webhook built without a fixture read (benches build thousands)."""
+    return json.dumps(
+        {
+            "event": "messages.upsert",
+            "instance": instance,
+            "data": {
+                "key": {"remoteJid": f"{chat}@s.whatsapp.net", "fromMe": False, "id": message_id},
+                "pushName": "Bench Customer",
+                "message": {"conversation": text},
+                "messageType": "conversation",
+                "messageTimestamp": int(time.time()),
+            },
+            "date_time": "2026-11-24T12:00:00.000Z",
+        }
+    ).encode()
+
+
+def signed_headers(gateway: str, body: bytes, instance: WhatsAppInstance) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if gateway == "cloudapi":
+        digest = hmac.new(instance.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+        headers["x-hub-signature-256"] = f"sha256={digest}"
+    else:
+        headers["x-webhook-secret"] = instance.webhook_secret
+    return headers
+
+
+async def post_webhook(
+    client: AsyncTestClient[Litestar],
+    gateway: str,
+    instance: WhatsAppInstance,
+    data: Any,
+    *,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return await client.post(
+        f"/api/webhooks/{gateway}/{instance.name}",
+        content=body,
+        headers=headers if headers is not None else signed_headers(gateway, body, instance),
+    )
+
+
+def jpeg(width: int = 800, height: int = 600, color: tuple[int, int, int] = (200, 30, 60)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def image_webhook(instance: Any, message_id: str, data: bytes) -> dict[str, Any]:
+    """Evolution v2 `messages.upsert` of an image with the file inline (webhook_base64 on)."""
+    payload: dict[str, Any] = fixture_for("evolution", "v2_messages_upsert_image_base64", instance)
+    payload["data"]["key"]["id"] = message_id
+    payload["data"]["message"]["base64"] = base64.b64encode(data).decode()
+    return payload
