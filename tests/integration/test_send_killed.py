@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.db.models import Message
-from app.lib.jobs import deserialize_job, queue_name
-from app.workers.sending import INTERRUPTED, send_job_id
+from app.lib.jobs import deserialize_job, queue_name, send_job_id
+from app.workers.sending import INTERRUPTED
 from tests.fake_gateway import FakeGateway, hang
 from tests.integration.test_outbound import auth, send, tenant_with_chat
 from tests.kit.clients import eventually

@@ -37,9 +37,21 @@ def media_queue_name(key_prefix: str) -> str:
     return f"{key_prefix}:media"
 
 
+# The jobs the API and the workers enqueue, by the names arq knows them by (app.workers registers them),
+# and their ids: every writer that hands work on after its commit names it here (issue 13).
+SEND_MESSAGE = "send_message"
+PROCESS_MEDIA = "process_media"
+WARM_CACHE = "warm_cache"
+
+
 def media_job_id(media_id: UUID) -> str:
     """One process_media job per media while it or its result lives in Redis (the row decides the rest)."""
-    return f"process_media:{media_id}"
+    return f"{PROCESS_MEDIA}:{media_id}"
+
+
+def send_job_id(message_id: UUID) -> str:
+    """One send_message job per outbound message while it or its result lives in Redis."""
+    return f"{SEND_MESSAGE}:{message_id}"
 
 
 def serialize_job(data: dict[str, Any]) -> bytes:

@@ -20,7 +20,7 @@ from app.domain.media.decode_budget import DecodeBudget
 from app.domain.media.storage import MediaStorage
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.driver_sql import DriverConnections
-from app.lib.jobs import queue_name
+from app.lib.jobs import WARM_CACHE, queue_name
 from app.lib.logging import configure_logging
 from app.workers.redis_retry import mark_worker_running
 
@@ -32,7 +32,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     # arq's job ids are global to the Redis: they carry the queue so deployments sharing one stay apart.
     queue = queue_name(settings.redis.key_prefix)
     started = int(time.time()) // 60
-    await ctx["redis"].enqueue_job("warm_cache", _job_id=f"{queue}:warm_cache:{started}", _queue_name=queue)
+    await ctx["redis"].enqueue_job(WARM_CACHE, _job_id=f"{queue}:{WARM_CACHE}:{started}", _queue_name=queue)
 
 
 async def _common(ctx: dict[str, Any]) -> None:

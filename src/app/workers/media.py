@@ -43,10 +43,9 @@ from app.domain.media.processing import (
     thumbnail_webp,
 )
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
-from app.domain.realtime.events import Envelope, EventKind
-from app.domain.realtime.frames import MediaReady, encode
+from app.domain.realtime.events import media_ready_envelope
 from app.lib import metrics
-from app.lib.jobs import media_job_id, media_queue_name
+from app.lib.jobs import PROCESS_MEDIA, media_job_id, media_queue_name
 
 log = structlog.get_logger()
 
@@ -223,15 +222,11 @@ async def _settle(ctx: dict[str, Any], claimed: _Claimed, values: dict[str, Any]
         await session.commit()
     if settled is None:  # another run settled it first
         return "nothing to do: settled elsewhere"
-    frame = MediaReady(
-        conversation_id=claimed.conversation_id,
-        seq=claimed.seq,
-        message_id=settled.message_id,
-        media=media_out(settled),
+    envelope = media_ready_envelope(
+        claimed.conversation_id, claimed.seq, settled.message_id, media_out(settled)
     )
-    envelope = Envelope(EventKind.MEDIA_READY, claimed.conversation_id, claimed.seq, encode(frame))
     await ctx["publisher"].publish(settled.org_id, [envelope])
-    metrics.JOBS.labels("process_media", outcome).inc()
+    metrics.JOBS.labels(PROCESS_MEDIA, outcome).inc()
     log.info("media processed", media_id=str(media_id), outcome=outcome)
     return outcome
 
@@ -252,6 +247,6 @@ async def sweep_pending_media(ctx: dict[str, Any]) -> int:
     queue = media_queue_name(ctx["settings"].redis.key_prefix)
     for media_id in ids:
         await ctx["redis"].enqueue_job(
-            "process_media", str(media_id), _job_id=media_job_id(media_id), _queue_name=queue
+            PROCESS_MEDIA, str(media_id), _job_id=media_job_id(media_id), _queue_name=queue
         )
     return len(ids)

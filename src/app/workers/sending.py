@@ -23,9 +23,8 @@ from sqlalchemy import select, update
 from app.db.models import Contact, Conversation, Message, WhatsAppInstance
 from app.domain.gateways.events import MessageStatus
 from app.domain.gateways.sending import SendFailed, SendTarget, get_sender
-from app.domain.realtime.events import Envelope, EventKind
-from app.domain.realtime.frames import MessageUpdated, encode
-from app.lib.jobs import queue_name
+from app.domain.realtime.events import status_envelope
+from app.lib.jobs import SEND_MESSAGE, queue_name, send_job_id
 
 log = structlog.get_logger()
 
@@ -35,10 +34,7 @@ INTERRUPTED = "send interrupted (worker stopped mid-send); not retried so the cu
 
 
 async def _publish_status(ctx: dict[str, Any], org_id: UUID, message: Message, status: MessageStatus) -> None:
-    frame = MessageUpdated(
-        conversation_id=message.conversation_id, seq=message.seq, message_id=message.id, status=status.value
-    )
-    envelope = Envelope(EventKind.MESSAGE_UPDATED, message.conversation_id, message.seq, encode(frame))
+    envelope = status_envelope(message.conversation_id, message.seq, message.id, status.value)
     await ctx["publisher"].publish(org_id, [envelope])
 
 
@@ -131,10 +127,6 @@ async def sweep_pending_outbound(ctx: dict[str, Any]) -> int:
     queue = queue_name(ctx["settings"].redis.key_prefix)
     for message_id in ids:
         await ctx["redis"].enqueue_job(
-            "send_message", str(message_id), _job_id=send_job_id(message_id), _queue_name=queue
+            SEND_MESSAGE, str(message_id), _job_id=send_job_id(message_id), _queue_name=queue
         )
     return len(ids)
-
-
-def send_job_id(message_id: UUID) -> str:
-    return f"send_message:{message_id}"

@@ -27,10 +27,9 @@ from app.domain.realtime.events import envelopes_for_outbound
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.deps import DbSession
 from app.lib.errors import problem
-from app.lib.jobs import JobQueue
+from app.lib.jobs import SEND_MESSAGE, JobQueue, send_job_id
 from app.lib.openapi import problems
 from app.lib.pagination import ActivityCursor
-from app.workers.sending import send_job_id
 
 NOT_FOUND = (404, "No such conversation in your organisation")
 PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="page size, at most 100")]
@@ -156,6 +155,6 @@ class ConversationController(Controller):
         if outbound.created:  # after commit: tell every open inbox and room, then hand it to the worker
             await publisher.publish(request.user.org_id, envelopes_for_outbound(outbound))
             await jobs.enqueue(
-                "send_message", str(outbound.message.id), job_id=send_job_id(outbound.message.id)
+                SEND_MESSAGE, str(outbound.message.id), job_id=send_job_id(outbound.message.id)
             )
         return Response(outbound.message, status_code=201 if outbound.created else 200)

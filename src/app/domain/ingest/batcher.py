@@ -50,7 +50,7 @@ from app.domain.ingest.batch_rows import PreparedWebhook, RequestFailed
 from app.domain.realtime.events import Envelope, envelopes_for_ingest
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.errors import DATABASE_RETRY_AFTER_S, is_database_unavailable, problem
-from app.lib.jobs import JobQueue, media_job_id
+from app.lib.jobs import PROCESS_MEDIA, JobQueue, media_job_id
 
 log = structlog.get_logger()
 
@@ -261,7 +261,7 @@ class IngestBatcher:
                 for stored in answer.created:
                     if stored.media_id is not None:
                         await self.jobs.enqueue(
-                            "process_media",
+                            PROCESS_MEDIA,
                             str(stored.media_id),
                             job_id=media_job_id(stored.media_id),
                             queue=self.jobs.media_queue_name,

@@ -16,6 +16,7 @@ from app.domain.conversations.ingest import AppliedStatus, ConversationSummary, 
 from app.domain.conversations.schemas import ContactOut, ConversationOut, MediaOut, MessageOut, media_url
 from app.domain.realtime.frames import (
     ConversationUpdated,
+    MediaReady,
     MessageCreated,
     MessageUpdated,
     encode,
@@ -122,13 +123,19 @@ def _created(stored: StoredMessage) -> Envelope:
 
 
 def _updated(applied: AppliedStatus) -> Envelope:
-    frame = MessageUpdated(
-        conversation_id=applied.conversation_id,
-        seq=applied.seq,
-        message_id=applied.message_id,
-        status=applied.status.value,
-    )
-    return Envelope(EventKind.MESSAGE_UPDATED, applied.conversation_id, applied.seq, encode(frame))
+    return status_envelope(applied.conversation_id, applied.seq, applied.message_id, applied.status.value)
+
+
+def status_envelope(conversation_id: UUID, seq: int, message_id: UUID, status: str) -> Envelope:
+    """A message's new delivery status (the send worker's, or a gateway receipt's)."""
+    frame = MessageUpdated(conversation_id=conversation_id, seq=seq, message_id=message_id, status=status)
+    return Envelope(EventKind.MESSAGE_UPDATED, conversation_id, seq, encode(frame))
+
+
+def media_ready_envelope(conversation_id: UUID, seq: int, message_id: UUID, media: MediaOut) -> Envelope:
+    """A message's media processed (the media worker's)."""
+    frame = MediaReady(conversation_id=conversation_id, seq=seq, message_id=message_id, media=media)
+    return Envelope(EventKind.MEDIA_READY, conversation_id, seq, encode(frame))
 
 
 def envelopes_for_ingest(result: IngestResult) -> list[Envelope]:
