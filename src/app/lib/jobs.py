@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import traceback
 from typing import Any
 from uuid import UUID
 
@@ -42,8 +43,17 @@ def media_job_id(media_id: UUID) -> str:
     return f"process_media:{media_id}"
 
 
+def _exception_as_text(value: Any) -> str:
+    """A failed job's result is its exception, which msgpack cannot encode: arq then stored no result at all
+    (issue 14: `Encoding objects of type ProgrammingError is unsupported`). Stored as its text (type and message);
+    arq's `Job.result()` raises it back as a SerializationError carrying that text."""
+    if isinstance(value, BaseException):
+        return "".join(traceback.format_exception_only(value)).strip()
+    raise NotImplementedError  # msgspec's TypeError: anything else unencodable is still a bug
+
+
 def serialize_job(data: dict[str, Any]) -> bytes:
-    return msgspec.msgpack.encode(data)
+    return msgspec.msgpack.encode(data, enc_hook=_exception_as_text)
 
 
 def deserialize_job(data: bytes) -> dict[str, Any]:
