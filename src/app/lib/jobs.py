@@ -49,7 +49,7 @@ def _exception_as_text(value: Any) -> str:
     arq's `Job.result()` raises it back as a SerializationError carrying that text."""
     if isinstance(value, BaseException):
         return "".join(traceback.format_exception_only(value)).strip()
-    raise NotImplementedError  # msgspec's TypeError: anything else unencodable is still a bug
+    raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")  # still a bug
 
 
 def serialize_job(data: dict[str, Any]) -> bytes:
