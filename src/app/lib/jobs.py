@@ -44,9 +44,9 @@ def media_job_id(media_id: UUID) -> str:
 
 
 def _exception_as_text(value: Any) -> str:
-    """A failed job's result is its exception, which msgpack cannot encode: arq then stored no result at all
-    (issue 14: `Encoding objects of type ProgrammingError is unsupported`). Stored as its text (type and message);
-    arq's `Job.result()` raises it back as a SerializationError carrying that text."""
+    """A failed job's result is its exception, which msgpack cannot encode: arq then stored no result at
+    all (issue 14: `Encoding objects of type ProgrammingError is unsupported`). Stored as its text (type
+    and message); arq's `Job.result()` raises it back as a SerializationError carrying that text."""
     if isinstance(value, BaseException):
         return "".join(traceback.format_exception_only(value)).strip()
     raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")  # still a bug
