@@ -11,8 +11,8 @@ from uuid import uuid4
 import pytest
 
 from app.config import Settings
-from tests.databases import scratch_database
-from tests.process_rig import ROOT, env_for
+from tests.kit.data import env_for
+from tests.kit.databases import ROOT, scratch_database
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

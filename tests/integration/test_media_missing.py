@@ -15,15 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Media, MediaState
 from app.workers.media import process_media
-from tests.factories import PASSWORD, create_tenant
 from tests.integration.test_media_pipeline import (
-    image_webhook,
-    jpeg,
     stored_files,
     worker_ctx,  # noqa: F401  (a fixture, used by name)
 )
-from tests.process_rig import ApiProcess, login_token
-from tests.webhooks import signed_headers
+from tests.kit.clients import login_token
+from tests.kit.data import image_webhook, jpeg, signed_headers
+from tests.kit.factories import PASSWORD, create_tenant
+from tests.kit.processes import ApiProcess
 
 GATEWAY = "evolution"
 

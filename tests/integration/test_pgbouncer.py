@@ -36,16 +36,14 @@ from app.db.models import Media, MediaState, Message
 from app.domain.conversations.cache import CacheKeys
 from app.domain.gateways.events import MessageStatus
 from app.lib.jobs import deserialize_job, queue_name, serialize_job
-from tests.databases import alembic_config, plain_dsn, scratch_database
-from tests.factories import PASSWORD
 from tests.fake_gateway import FakeGateway, ok
-from tests.integration.test_media_pipeline import image_webhook, jpeg
 from tests.integration.test_outbound import tenant_with_chat
-from tests.integration.test_realtime import post_text
-from tests.integration.test_send_killed import eventually
+from tests.kit.clients import eventually, login_token, post_text
+from tests.kit.data import env_for, image_webhook, jpeg, signed_headers
+from tests.kit.databases import ROOT, alembic_config, plain_dsn, scratch_database
+from tests.kit.factories import PASSWORD
 from tests.kit.pgbouncer import PgBouncer, pgbouncer
-from tests.process_rig import ROOT, api_processes, arq_worker, env_for, login_token
-from tests.webhooks import signed_headers
+from tests.kit.processes import api_processes, arq_worker
 
 BIN = Path(sys.executable).parent
 DONE, FAILED = "\u25cf", "\u00d7"  # how arq's log line ends a job's outcome

@@ -22,18 +22,12 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from app.config import normalise_database_url
+from tests.kit.measure import free_port
 
 MISSING = "pgbouncer is not installed: run `just test-deps` (apt-get install -y pgbouncer)"
 START_TIMEOUT = 20.0
 # Few server connections for many clients: what one client prepared, the next one finds on its server.
 SERVER_POOL_SIZE = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _binary() -> str:
@@ -50,7 +44,7 @@ class PgBouncer:
 
     def __init__(self, server_url: str, workdir: Path) -> None:
         server = make_url(normalise_database_url(server_url))
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = workdir / "pgbouncer.log"
         target = f"host={server.host or '127.0.0.1'} port={server.port or 5432}"
         if server.password:
