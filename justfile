@@ -16,8 +16,15 @@ install:
 dev: install
     exec uv run python -m app.devserver
 
+# What the tests need besides Python: pgbouncer (tests/integration/test_pgbouncer.py), via apt-get when there is one
+test-deps:
+    @command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || \
+        { command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] && s= || s="sudo -n"; \
+          $s apt-get install -y -qq pgbouncer >/dev/null 2>&1 || { $s apt-get update -qq && $s apt-get install -y -qq pgbouncer; }; }; } || \
+        echo "test-deps: could not install pgbouncer; install it (Debian: apt-get install pgbouncer)" >&2
+
 # Run the test suite against real Postgres and Redis (embedded, throw-away, when no URLs are set)
-test *args: install
+test *args: install test-deps
     {{embedded}} --ephemeral -- uv run pytest {{args}}
 
 # Apply database migrations (alembic upgrade head)

@@ -9,24 +9,28 @@ import asyncio
 import os
 
 from alembic import context
-from sqlalchemy import pool
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.config import load_dotenv, normalise_database_url
+from app.config import ConfigurationError, DatabaseSettings, load_dotenv, normalise_database_url
+from app.db.engine import APPLICATION_NAME, build_engine
 from app.db.models import metadata
+from app.lib.env_fields import load_section
 
 config = context.config
 
 
-def _database_url() -> str:
+def _database() -> DatabaseSettings:
+    """DATABASE_URL (or the URL a test hands over) and every DB_* setting, as the application reads them."""
     load_dotenv()
     url = config.attributes.get("database_url") or os.environ.get("DATABASE_URL")
     if not url:
         raise SystemExit(
             "DATABASE_URL is not set (use `just migrate`, which starts the embedded database if needed)"
         )
-    return normalise_database_url(url)
+    try:
+        return load_section(DatabaseSettings, url=normalise_database_url(url))
+    except ConfigurationError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _configure(connection: Connection | None = None, url: str | None = None) -> None:
@@ -42,7 +46,7 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
 
 
 def run_migrations_offline() -> None:
-    _configure(url=_database_url())
+    _configure(url=_database().url)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -54,7 +58,8 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = create_async_engine(_database_url(), poolclass=pool.NullPool)
+    # The application's engine (DB_STATEMENT_CACHE_SIZE=0 behind a transaction pooler), without a pool.
+    engine = build_engine(_database(), application_name=f"{APPLICATION_NAME}-migrate", pooled=False)
     async with engine.connect() as connection:
         await connection.run_sync(_run_sync)
     await engine.dispose()

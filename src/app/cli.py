@@ -14,13 +14,14 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import click
-from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
-from advanced_alchemy.exceptions import NotFoundError
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from advanced_alchemy.exceptions import NotFoundError, RepositoryError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.config import get_settings
+from app.config import ConfigurationError, get_settings
+from app.db.engine import APPLICATION_NAME, DatabaseUnreachable, build_engine
 from app.db.models import AgentRole, GatewayKind, Organization, WhatsAppInstance
 from app.domain.accounts.services import AgentService, OrganizationService
 from app.domain.gateways.instances import IncompleteInstance, InstanceService, webhook_url
@@ -29,8 +30,10 @@ T = TypeVar("T")
 
 
 def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    settings = get_settings()  # before any connection: missing configuration is one line (CliGroup)
+
     async def main() -> T:
-        engine = create_async_engine(get_settings().db.url)
+        engine = build_engine(settings.db, application_name=f"{APPLICATION_NAME}-cli", pooled=False)
         try:
             async with async_sessionmaker(engine, expire_on_commit=False)() as session:
                 result = await work(session)
@@ -43,22 +46,49 @@ def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except NotFoundError:
         raise click.ClickException("not found") from None
-    except (IntegrityError, RepositoryIntegrityError) as exc:
-        # A unique slug, e-mail or (gateway, name) taken: say so instead of a traceback.
-        raise click.ClickException(
-            f"already exists or conflicts with existing data: {_constraint_of(exc)}"
-        ) from None
+    except (SQLAlchemyError, RepositoryError, DatabaseUnreachable) as exc:
+        raise click.ClickException(describe_database_error(exc)) from None
 
 
-def _constraint_of(exc: BaseException) -> str:
-    """The violated constraint's message from the driver, never the statement's parameters (secrets)."""
+def _driver_error(exc: BaseException) -> BaseException | None:
+    """The driver's own error under SQLAlchemy's and advanced-alchemy's wrappers (which call any failed
+    statement an IntegrityError: a prepared-statement clash among them, issue 14)."""
+    seen: set[int] = set()
     cause: BaseException | None = exc
-    while cause is not None:
-        constraint = getattr(cause, "constraint_name", None)
-        if constraint:
-            return f"{constraint} ({str(cause).splitlines()[0]})"
-        cause = cause.__cause__ or getattr(cause, "orig", None)
-    return "unique constraint"
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (asyncpg.PostgresError, OSError)):
+            return cause
+        cause = getattr(cause, "orig", None) or cause.__cause__
+    return None
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """What went wrong, in the driver's words: a uniqueness error only when Postgres said so (SQLSTATE 23…);
+    never the statement's parameters (secrets)."""
+    driver = _driver_error(exc)
+    if isinstance(driver, OSError):
+        return f"database unreachable: {driver}"
+    if not isinstance(driver, asyncpg.PostgresError):
+        return f"database error: {type(exc).__name__}"
+    message = str(driver).splitlines()[0] if str(driver) else type(driver).__name__
+    if driver.sqlstate.startswith("23"):
+        constraint = getattr(driver, "constraint_name", None)
+        where = f"{constraint} ({message})" if constraint else message
+        return f"already exists or conflicts with existing data: {where}"
+    return f"database error {driver.sqlstate} ({type(driver).__name__}): {message}"
+
+
+class CliGroup(click.Group):
+    """Missing or unreadable configuration (DATABASE_URL, REDIS_URL, JWT_SECRET...): one line on stderr
+    and exit 2, as for a usage error, instead of a traceback (issue 14)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            click.echo(f"app: {exc}", err=True)
+            ctx.exit(2)
 
 
 def _emit(data: dict[str, Any], as_json: bool) -> None:
@@ -95,7 +125,7 @@ def instance_details(instance: WhatsAppInstance) -> dict[str, Any]:
     return details
 
 
-@click.group()
+@click.group(cls=CliGroup)
 def main() -> None:
     """WhatsApp CRM administration."""
 

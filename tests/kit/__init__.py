@@ -10,4 +10,5 @@ codebase, each helper written two to five times and benches importing each other
   (tenants, conversations, messages) and the bench-scale SQL seed; databases: scratch databases.
 - raw_asgi, ws_relay, tcp_relay: the baseline servers and the fault-injecting TCP relay; runner: how a
   benchmark module runs.
+- pgbouncer: a real pgbouncer in transaction mode in front of the test's Postgres (Supabase's pooler).
 """

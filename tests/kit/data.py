@@ -3,8 +3,8 @@ read the same settings back, gateway events as the adapters produce them, and we
 posts them (from tests/fixtures/gateways/). Issue 14: five settings builders and three webhook builders
 stood apart in the tests and benches.
 
-`env_for` is one table of (variable, section, field) beside the conversions Settings.from_env undoes; a
-test checks the round trip, so a new setting without its variable here is noticed.
+`env_for` writes what `Settings.to_env` derives from the fields' own variable names (app.config), so a
+new setting needs nothing here; a test checks the round trip.
 """
 
 from __future__ import annotations
@@ -70,79 +70,15 @@ def make_settings(
     return dataclasses.replace(settings, **changed)
 
 
-# (variable, section, field) for every setting Settings.from_env reads with a plain conversion.
-_ENV_FIELDS = [
-    ("APP_ENV", "app", "environment"),
-    ("PUBLIC_BASE_URL", "app", "public_base_url"),
-    ("CORS_ALLOWED_ORIGINS", "app", "cors_allowed_origins"),
-    ("WEBHOOK_MAX_BODY_BYTES", "app", "webhook_max_body_bytes"),
-    ("WEBHOOK_CLOUDAPI_MAX_BODY_BYTES", "app", "webhook_cloudapi_max_body_bytes"),
-    ("WEBHOOK_UNVERIFIED_READS", "app", "webhook_unverified_reads"),
-    ("WEBHOOK_UNVERIFIED_BYTES", "app", "webhook_unverified_bytes"),
-    ("WEBHOOK_INSTANCE_CACHE_SECONDS", "app", "webhook_instance_cache_s"),
-    ("INGEST_BATCH_FLIGHTS", "app", "ingest_flights"),
-    ("LOG_LEVEL", "app", "log_level"),
-    ("METRICS_TOKEN", "app", "metrics_token"),
-    ("DATABASE_URL", "db", "url"),
-    ("DB_POOL_SIZE", "db", "pool_size"),
-    ("DB_MAX_OVERFLOW", "db", "max_overflow"),
-    ("DB_POOL_TIMEOUT", "db", "pool_timeout"),
-    # "" reads as unset, and being set it also keeps a developer's ./.env from filling the value in.
-    ("DB_STATEMENT_CACHE_SIZE", "db", "statement_cache_size"),
-    ("DB_LISTEN_URL", "db", "listen_url"),
-    ("REDIS_URL", "redis", "url"),
-    ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
-    ("JWT_SECRET", "auth", "jwt_secret"),
-    ("JWT_TTL_SECONDS", "auth", "token_ttl_seconds"),
-    ("TOKEN_REVOCATION_CHECK_SECONDS", "auth", "revocation_check_s"),
-    ("LOGIN_FAILURES_PER_ACCOUNT", "auth", "login_failures_per_account"),
-    ("LOGIN_ACCOUNT_WINDOW_SECONDS", "auth", "login_account_window_s"),
-    ("LOGIN_CONCURRENCY", "auth", "login_concurrency"),
-    ("WEBHOOK_AUTH_FAILURES_PER_MINUTE", "auth", "webhook_auth_failures_per_minute"),
-    ("DEPLOYMENT_ADMINS", "auth", "deployment_admins"),
-    ("WS_HEARTBEAT_SECONDS", "realtime", "heartbeat_s"),
-    ("WS_QUEUE_SIZE", "realtime", "queue_size"),
-    ("WS_MAX_FRAME_BYTES", "realtime", "max_frame_bytes"),
-    ("WS_FRAMES_PER_SECOND", "realtime", "frames_per_second"),
-    ("WS_CATCH_UP_SECONDS", "realtime", "catch_up_interval_s"),
-    ("WS_REPLAY_CONCURRENCY", "realtime", "replay_concurrency"),
-    ("WS_REPLAY_CONCURRENCY_PER_AGENT", "realtime", "replay_concurrency_per_agent"),
-    ("WS_MAX_SOCKETS_PER_AGENT", "realtime", "max_sockets_per_agent"),
-    ("HTTP_HEADER_TIMEOUT_SECONDS", "http", "header_timeout_s"),
-    ("HTTP_BODY_IDLE_TIMEOUT_SECONDS", "http", "body_idle_timeout_s"),
-    ("HTTP_BODY_TIMEOUT_SECONDS", "http", "body_timeout_s"),
-    ("HTTP_MAX_CONNECTIONS", "http", "max_connections"),
-    ("CACHE_MEMORY_MAX_BYTES", "cache", "memory_max_bytes"),
-    ("CACHE_MEMORY_TTL_SECONDS", "cache", "memory_ttl_s"),
-    ("CACHE_REDIS_TTL_SECONDS", "cache", "redis_ttl_s"),
-    ("CACHE_WARM_CONVERSATIONS", "cache", "warm_conversations"),
-    ("CACHE_IDLE_SECONDS", "cache", "idle_after_s"),
-    ("CACHE_REDIS_MAX_KEYS", "cache", "redis_max_keys"),
-    ("MEDIA_STORAGE_URL", "media", "storage_url"),
-    ("MEDIA_MAX_BYTES", "media", "max_bytes"),
-    ("MEDIA_CONCURRENCY", "media", "concurrency"),
-    ("MEDIA_DECODE_BUDGET_BYTES", "media", "decode_budget_bytes"),
-    ("WORKER_HEALTH_CHECK_SECONDS", "workers", "health_check_s"),
-]
-
-
-def _as_env(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return ",".join(value)
-    return str(value)
-
-
 def env_for(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment of a child process whose `Settings.from_env()` equals `settings` (but for the
-    login limit, raised: all test logins come from 127.0.0.1 and count in the shared Redis)."""
+    login limit, raised: all test logins come from 127.0.0.1 and count in the shared Redis). Every variable
+    comes from the settings' own field list (`Settings.to_env`): no names written here."""
     # uvicorn reads UVICORN_* and WEB_CONCURRENCY itself: inherited ones could change host, port or workers.
     env = {k: v for k, v in os.environ.items() if not k.startswith("UVICORN_") and k != "WEB_CONCURRENCY"}
-    env.update({name: _as_env(getattr(getattr(settings, sec), fld)) for name, sec, fld in _ENV_FIELDS})
+    # Unset ones are written as "", which reads as unset and keeps a developer's ./.env from filling them in.
+    env.update(settings.to_env())
     env.update(
-        LOG_FORMAT="json" if settings.app.log_json else "console",
-        DB_ECHO="1" if settings.db.echo else "",
         LOGIN_ATTEMPTS_PER_MINUTE="100000",
         PYTHONUNBUFFERED="1",  # logs() sees lines as they are written, and a SIGKILL loses none
     )

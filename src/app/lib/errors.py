@@ -1,4 +1,11 @@
-"""Every error the API answers is RFC 9457 problem details; this module maps exceptions to them."""
+"""Every error the API answers is RFC 9457 problem details; this module maps exceptions to them, once.
+
+Services raise domain errors (app.lib.domain_errors) and each kind has its status here. An unavailable
+database answers 503 + Retry-After; an OSError counts as that only when it is a connection's
+(ConnectionError: a refused or lost connection, app.db.engine's DatabaseUnreachable): issue 14 found a
+ready media whose file was removed from storage (FileNotFoundError) answering "503 database unavailable"
+with Postgres up.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.domain.gateways.base import WebhookRejected, WebhookTargetUnknown, WebhookUnauthorized
+from app.lib.domain_errors import DomainError
 from app.lib.pagination import InvalidCursor
 
 log = structlog.get_logger()
@@ -49,16 +56,15 @@ def _from_not_found(exc: NotFoundError) -> ProblemDetailsException:
     return problem(404, "not found")
 
 
-def _from_webhook_rejected(exc: WebhookRejected) -> ProblemDetailsException:
+def _from_domain_error(exc: DomainError) -> ProblemDetailsException:
+    if exc.status_code >= 500:
+        log.error("domain error", kind=type(exc).__name__, detail=exc.detail, **_context_of(exc))
     return problem(exc.status_code, exc.detail)
 
 
-def _from_webhook_unauthorized(exc: WebhookUnauthorized) -> ProblemDetailsException:
-    return problem(401, exc.detail)
-
-
-def _from_webhook_target_unknown(exc: WebhookTargetUnknown) -> ProblemDetailsException:
-    return problem(404, exc.detail)
+def _context_of(exc: DomainError) -> dict[str, str]:
+    """What a server-side domain error carries for the operator (ids and keys, never request data)."""
+    return {name: str(value) for name, value in vars(exc).items() if name not in ("detail", "status_code")}
 
 
 def _from_invalid_cursor(exc: InvalidCursor) -> ProblemDetailsException:
@@ -68,6 +74,15 @@ def _from_invalid_cursor(exc: InvalidCursor) -> ProblemDetailsException:
 # SQLSTATEs of a server that cannot take work now: connection exceptions (08…), shutting down or crashed
 # (57P01, 57P02), starting up or shutting down (57P03 "cannot connect now"), too many connections (53300).
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+# A socket's error is a ConnectionError (refused, reset, or DatabaseUnreachable when no connection could be
+# opened); any other OSError (a file missing from media storage) is not the database's.
+_UNAVAILABLE_TYPES = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+)
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
@@ -75,9 +90,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
         return True
-    if isinstance(
-        exc, (OperationalError, InterfaceError, PoolTimeoutError, OSError, asyncpg.PostgresConnectionError)
-    ):
+    if isinstance(exc, _UNAVAILABLE_TYPES):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
@@ -109,9 +122,7 @@ problem_details_config = ProblemDetailsConfig(
     exception_to_problem_detail_map={
         HTTPException: problem_from_http_exception,
         NotFoundError: _from_not_found,
-        WebhookRejected: _from_webhook_rejected,
-        WebhookUnauthorized: _from_webhook_unauthorized,
-        WebhookTargetUnknown: _from_webhook_target_unknown,
+        DomainError: _from_domain_error,
         InvalidCursor: _from_invalid_cursor,
     },
 )
@@ -121,6 +132,6 @@ server_error_handlers = {
     DBAPIError: database_error_handler,
     RepositoryError: database_error_handler,
     PoolTimeoutError: database_error_handler,
-    OSError: database_error_handler,
+    ConnectionError: database_error_handler,  # not every OSError: a missing file is no database outage
     asyncpg.PostgresConnectionError: database_error_handler,
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import traceback
 from typing import Any
 from uuid import UUID
 
@@ -54,8 +55,17 @@ def send_job_id(message_id: UUID) -> str:
     return f"{SEND_MESSAGE}:{message_id}"
 
 
+def _exception_as_text(value: Any) -> str:
+    """A failed job's result is its exception, which msgpack cannot encode: arq then stored no result at
+    all (issue 14: `Encoding objects of type ProgrammingError is unsupported`). Stored as its text (type
+    and message); arq's `Job.result()` raises it back as a SerializationError carrying that text."""
+    if isinstance(value, BaseException):
+        return "".join(traceback.format_exception_only(value)).strip()
+    raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")  # still a bug
+
+
 def serialize_job(data: dict[str, Any]) -> bytes:
-    return msgspec.msgpack.encode(data)
+    return msgspec.msgpack.encode(data, enc_hook=_exception_as_text)
 
 
 def deserialize_job(data: bytes) -> dict[str, Any]:

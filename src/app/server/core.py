@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import structlog
 from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
-    EngineConfig,
     SQLAlchemyAsyncConfig,
     SQLAlchemyPlugin,
 )
@@ -26,6 +24,7 @@ from litestar.types import BeforeMessageSendHookHandler, Message, Scope
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from app.config import Settings, get_settings
+from app.db.engine import build_engine
 from app.domain.accounts.auth import TokenIssuer, VerifiedTokens, build_jwt_auth
 from app.domain.accounts.controllers import AuthController
 from app.domain.accounts.login_slots import LoginSlots
@@ -92,21 +91,8 @@ def tolerating_lost_connections(close_session: BeforeMessageSendHookHandler) -> 
 
 
 def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
-    connect_args: dict[str, Any] = {"server_settings": {"application_name": "whatsapp-crm"}}
-    if settings.db.statement_cache_size is not None:
-        connect_args["statement_cache_size"] = settings.db.statement_cache_size
     config = SQLAlchemyAsyncConfig(
-        connection_string=settings.db.url,
-        engine_config=EngineConfig(
-            pool_size=settings.db.pool_size,
-            max_overflow=settings.db.max_overflow,
-            pool_timeout=int(settings.db.pool_timeout),
-            pool_pre_ping=False,
-            echo=settings.db.echo,
-            # Statement parameters are customer messages and secrets: keep them out of error logs.
-            hide_parameters=True,
-            connect_args=connect_args,
-        ),
+        engine_instance=build_engine(settings.db),  # every DB_* setting: app.db.engine
         session_config=AsyncSessionConfig(expire_on_commit=False),
         session_dependency_key="db_session",
         # Services commit explicitly; the stock autocommit handler would swallow a failed commit.

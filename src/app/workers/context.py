@@ -11,9 +11,10 @@ from typing import Any
 import httpx
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.config import get_settings
+from app.db.engine import APPLICATION_NAME, build_engine
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.conversations.reads import PageReader
 from app.domain.media.decode_budget import DecodeBudget
@@ -42,12 +43,10 @@ async def _common(ctx: dict[str, Any]) -> None:
     port = os.environ.get("WORKER_METRICS_PORT")
     if port:  # this worker's own /metrics, for a Prometheus that cannot reach the API's directory
         start_http_server(int(port), addr=os.environ.get("WORKER_METRICS_HOST", "127.0.0.1"))
-    # Pre-ping: a connection that died with a Postgres restart is replaced at checkout instead of failing the
-    # job that drew it (arq does not retry a plain exception, so the send or media would wait for a sweep).
-    # One round trip per job is nothing next to a gateway call; the API, on the hot path, goes without.
-    engine = create_async_engine(
-        settings.db.url, pool_size=5, max_overflow=5, pool_pre_ping=True, hide_parameters=True
-    )
+    # Every DB_* setting, as the API's (app.db.engine), with a pre-ping: arq does not retry a plain exception,
+    # so a job drawing a connection that died with a Postgres restart would wait for a sweep. One round trip
+    # per job is nothing next to a gateway call; the API, on the hot path, goes without.
+    engine = build_engine(settings.db, application_name=f"{APPLICATION_NAME}-worker", pre_ping=True)
     redis = Redis.from_url(settings.redis.url)
     ctx["settings"] = settings
     ctx["engine"] = engine

@@ -18,7 +18,7 @@ from app.domain.conversations.ingest import ConversationSummary, preview_text
 from app.domain.conversations.schemas import MessageOut
 from app.domain.conversations.services import message_out
 from app.domain.gateways.events import Direction, MessageStatus, MessageType
-from app.lib.errors import problem
+from app.lib.domain_errors import NotFound, Unprocessable
 
 
 def missing_send_credentials(instance: WhatsAppInstance) -> str | None:
@@ -57,7 +57,7 @@ class OutboundService:
             )
         ).one_or_none()
         if row is None:
-            raise problem(404, "conversation not found")
+            raise NotFound("conversation not found")
         conversation, contact, instance = row
         existing = await self.session.scalar(
             select(Message).where(
@@ -70,7 +70,7 @@ class OutboundService:
             return replay
         if (reason := missing_send_credentials(instance)) is not None:
             await self.session.rollback()
-            raise problem(422, f"cannot send: {reason}")
+            raise Unprocessable(f"cannot send: {reason}")
         now = datetime.now(UTC)
         message = Message(
             id=uuid7(),

@@ -29,8 +29,8 @@ from app.domain.conversations.schemas import (
     MessagePage,
     media_url,
 )
+from app.lib.domain_errors import NotFound
 from app.lib.driver_sql import DriverConnection
-from app.lib.errors import problem
 from app.lib.pagination import ActivityCursor
 
 _READY, _FAILED = "ready", "failed"  # MediaState values, as stored
@@ -115,7 +115,7 @@ def _message_page(
     conversation_id: UUID, rows: Sequence[asyncpg.Record], *, before_seq: int | None, after_seq: int | None
 ) -> MessagePage:
     if not rows:
-        raise problem(404, "conversation not found")
+        raise NotFound("conversation not found")
     last_seq: int = rows[0]["last_seq"]
     items = [_message_out(conversation_id, row) for row in rows if row["id"] is not None]
     if after_seq is None:

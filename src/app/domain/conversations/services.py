@@ -23,7 +23,7 @@ from app.domain.conversations.schemas import (
 )
 from app.domain.realtime.events import conversation_envelope
 from app.domain.realtime.publisher import EventPublisher
-from app.lib.errors import problem
+from app.lib.domain_errors import NotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ class ConversationService:
             )
         ).one_or_none()
         if row is None:
-            raise problem(404, "conversation not found")
+            raise NotFound("conversation not found")
         return _conversation_out(row)
 
     async def mark_read(self, org_id: UUID, conversation_id: UUID) -> ReadMarker:
@@ -108,7 +108,7 @@ class ConversationService:
         ).scalar_one_or_none()
         if updated is None:
             await self.session.rollback()
-            raise problem(404, "conversation not found")
+            raise NotFound("conversation not found")
         await self.session.commit()
         if self.publisher is not None:  # every open inbox of the org shows the chat as read
             snapshot = await self.get_conversation(org_id, conversation_id)

@@ -7,31 +7,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app.domain.gateways.events import GatewayEvent
+from app.lib.domain_errors import DomainError, NotFound, Unauthorized
 
 
-class WebhookRejected(Exception):
+class WebhookRejected(DomainError):
     """The body is not a webhook of this gateway (malformed JSON, wrong shape). Maps to 400/422."""
 
     def __init__(self, detail: str, *, status_code: int = 400) -> None:
         super().__init__(detail)
-        self.detail = detail
         self.status_code = status_code
 
 
-class WebhookUnauthorized(Exception):
+class WebhookUnauthorized(Unauthorized):
     """Missing or wrong signature / secret. Maps to 401."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
-
-class WebhookTargetUnknown(Exception):
+class WebhookTargetUnknown(NotFound):
     """No such gateway, or no active instance of that name. Maps to 404."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

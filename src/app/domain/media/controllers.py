@@ -26,7 +26,12 @@ def media_responses(file: ResponseSpec, not_found: str) -> dict[int, ResponseSpe
             PendingMedia, description="Still being processed; retry after `Retry-After` seconds"
         ),
         304: ResponseSpec(None, description="Not modified: If-None-Match names the current ETag"),
-        **problems((404, not_found), (410, "The media could not be fetched or processed"), 503),
+        **problems(
+            (404, not_found),
+            (410, "The media could not be fetched or processed"),
+            (500, "The media is ready but its file is missing from storage"),
+            503,
+        ),
     }
 
 
