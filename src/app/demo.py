@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import AgentRole, GatewayKind
+from app.db.models import AgentRole, Direction, GatewayKind, MessageStatus, MessageType
 from app.domain.accounts.services import AgentService, OrganizationService
 from app.domain.conversations.ingest import IngestService
-from app.domain.gateways.events import Direction, InboundMessage, MessageStatus, MessageType
+from app.domain.gateways.events import InboundMessage
 from app.domain.gateways.instances import InstanceService
 
 _CHATS = [

@@ -35,8 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 
 from app.config import Settings, WorkersSettings
-from app.db.models import Media, MediaState, Message
-from app.domain.gateways.events import MessageStatus
+from app.db.models import Media, MediaState, Message, MessageStatus
 from app.lib.jobs import media_queue_name
 from tests.fake_gateway import FakeGateway, ok
 from tests.faults.harness import Json, report

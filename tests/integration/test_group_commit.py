@@ -14,8 +14,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
-from app.db.models import WhatsAppInstance
-from app.domain.gateways.events import Direction, MessageStatus
+from app.db.models import Direction, MessageStatus, WhatsAppInstance
 from app.domain.ingest.batch_rows import RequestFailed
 from app.domain.ingest.batcher import Applied, IngestBatcher
 from tests.kit.data import env_for, fixture_for, signed_headers, status, text_message, with_message_id

@@ -8,9 +8,9 @@ import asyncio
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.db.models import Contact, Conversation, Media, Message
+from app.db.models import Contact, Conversation, Direction, Media, Message, MessageStatus
 from app.domain.conversations.ingest import IngestService
-from app.domain.gateways.events import Direction, GatewayEvent, MessageStatus
+from app.domain.gateways.events import GatewayEvent
 from tests.kit.data import image_message, status, text_message
 from tests.kit.factories import Tenant, create_tenant
 

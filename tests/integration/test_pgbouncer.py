@@ -32,9 +32,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
-from app.db.models import Media, MediaState, Message
+from app.db.models import Media, MediaState, Message, MessageStatus
 from app.domain.conversations.cache import CacheKeys
-from app.domain.gateways.events import MessageStatus
 from app.lib.jobs import deserialize_job, queue_name, serialize_job
 from tests.fake_gateway import FakeGateway, ok
 from tests.integration.test_outbound import tenant_with_chat

@@ -30,15 +30,8 @@ from polyfactory import Use
 from polyfactory.factories.msgspec_factory import MsgspecFactory
 
 from app.config import AppSettings, AuthSettings, DatabaseSettings, RedisSettings, Settings
-from app.db.models import WhatsAppInstance
-from app.domain.gateways.events import (
-    Direction,
-    InboundMessage,
-    MediaRef,
-    MessageStatus,
-    MessageType,
-    StatusUpdate,
-)
+from app.db.models import Direction, MessageStatus, MessageType, WhatsAppInstance
+from app.domain.gateways.events import InboundMessage, MediaRef, StatusUpdate
 from tests.fixtures import load_fixture_json
 
 # -- settings ------------------------------------------------------------------------------------------

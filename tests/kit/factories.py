@@ -20,15 +20,17 @@ from app.db.models import (
     AgentRole,
     Contact,
     Conversation,
+    Direction,
     GatewayKind,
     Message,
+    MessageStatus,
+    MessageType,
     Organization,
     WhatsAppInstance,
 )
 from app.db.models.base import Base
 from app.db.models.conversation import ConversationStatus
 from app.domain.accounts.passwords import hash_password
-from app.domain.gateways.events import Direction, MessageStatus, MessageType
 from tests.kit.databases import plain_dsn
 
 Row = TypeVar("Row", bound=Base)

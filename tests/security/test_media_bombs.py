@@ -27,9 +27,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db.models import Media, MediaState
+from app.db.models import Direction, Media, MediaState, MessageStatus, MessageType
 from app.domain.conversations.ingest import IngestService
-from app.domain.gateways.events import Direction, InboundMessage, MediaRef, MessageStatus, MessageType
+from app.domain.gateways.events import InboundMessage, MediaRef
 from app.domain.media import processing
 from app.domain.media.decode_budget import DecodeBudget
 from app.lib.jobs import media_job_id, media_queue_name

@@ -20,8 +20,7 @@ import structlog
 from arq import Retry
 from sqlalchemy import select, update
 
-from app.db.models import Contact, Conversation, Message, WhatsAppInstance
-from app.domain.gateways.events import MessageStatus
+from app.db.models import Contact, Conversation, Message, MessageStatus, WhatsAppInstance
 from app.domain.gateways.sending import SendFailed, SendTarget, get_sender
 from app.domain.realtime.events import status_envelope
 from app.lib.jobs import SEND_MESSAGE, queue_name, send_job_id

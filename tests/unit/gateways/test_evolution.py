@@ -6,16 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from app.db.models import Direction, MessageStatus, MessageType
 from app.domain.gateways.base import InstanceCredentials, WebhookRejected, WebhookRequest, WebhookUnauthorized
-from app.domain.gateways.events import (
-    Direction,
-    GatewayEvent,
-    IgnoredEvent,
-    InboundMessage,
-    MessageStatus,
-    MessageType,
-    StatusUpdate,
-)
+from app.domain.gateways.events import GatewayEvent, IgnoredEvent, InboundMessage, StatusUpdate
 from app.domain.gateways.evolution import EvolutionAdapter
 from tests.fixtures import load_fixture, load_fixture_json, to_body
 

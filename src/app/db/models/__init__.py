@@ -7,7 +7,7 @@ from app.db.models.contact import Contact
 from app.db.models.conversation import Conversation, ConversationStatus
 from app.db.models.instance import GatewayKind, WhatsAppInstance
 from app.db.models.media import Media, MediaState
-from app.db.models.message import Message
+from app.db.models.message import Direction, Message, MessageStatus, MessageType
 from app.db.models.organization import Organization
 
 __all__ = [
@@ -19,10 +19,13 @@ __all__ = [
     "Contact",
     "Conversation",
     "ConversationStatus",
+    "Direction",
     "GatewayKind",
     "Media",
     "MediaState",
     "Message",
+    "MessageStatus",
+    "MessageType",
     "Organization",
     "WhatsAppInstance",
     "metadata",

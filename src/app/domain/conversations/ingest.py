@@ -22,18 +22,10 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from uuid_utils.compat import uuid7 as _new_id
 
+from app.db.models import Direction, MessageStatus, MessageType
 from app.domain.conversations import ingest_sql as sql
 from app.domain.conversations.storable import storable
-from app.domain.gateways.events import (
-    Direction,
-    GatewayEvent,
-    IgnoredEvent,
-    InboundMessage,
-    MediaRef,
-    MessageStatus,
-    MessageType,
-    StatusUpdate,
-)
+from app.domain.gateways.events import GatewayEvent, IgnoredEvent, InboundMessage, MediaRef, StatusUpdate
 
 log = structlog.get_logger()
 

@@ -13,11 +13,19 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
-from app.db.models import Contact, Conversation, GatewayKind, Message, WhatsAppInstance
+from app.db.models import (
+    Contact,
+    Conversation,
+    Direction,
+    GatewayKind,
+    Message,
+    MessageStatus,
+    MessageType,
+    WhatsAppInstance,
+)
 from app.domain.conversations.ingest import ConversationSummary, preview_text
 from app.domain.conversations.schemas import MessageOut
 from app.domain.conversations.services import message_out
-from app.domain.gateways.events import Direction, MessageStatus, MessageType
 from app.lib.domain_errors import NotFound, Unprocessable
 
 

@@ -6,41 +6,13 @@ about gateways. Timestamps are timezone-aware UTC datetimes; ids are the gateway
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-
-class Direction(enum.StrEnum):
-    INBOUND = "inbound"
-    OUTBOUND = "outbound"
-
-
-class MessageType(enum.StrEnum):
-    TEXT = "text"
-    IMAGE = "image"
-    AUDIO = "audio"
-    VIDEO = "video"
-    DOCUMENT = "document"
-    STICKER = "sticker"
-    LOCATION = "location"
-    OTHER = "other"
-
-
-class MessageStatus(enum.StrEnum):
-    """Lifecycle of a message. Outbound: pending → sent → delivered → read (failed from pending/sent).
-
-    Inbound messages are `received` and never move.
-    """
-
-    RECEIVED = "received"
-    PENDING = "pending"
-    SENT = "sent"
-    DELIVERED = "delivered"
-    READ = "read"
-    FAILED = "failed"
+# The message vocabulary is the database's (app.db.models.message); adapters speak it too (issue 13).
+from app.db.models.message import Direction, MessageStatus, MessageType
 
 
 class MediaRef(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,6 +24,7 @@ import msgspec
 from uuid_utils import uuid7 as _fast_id
 from uuid_utils.compat import uuid7 as _new_id
 
+from app.db.models import Direction
 from app.domain.conversations.ingest import (
     STATUS_PREDECESSORS,
     AppliedStatus,
@@ -34,13 +35,7 @@ from app.domain.conversations.ingest import (
     raw_without_inline_media,
 )
 from app.domain.conversations.storable import storable
-from app.domain.gateways.events import (
-    Direction,
-    GatewayEvent,
-    IgnoredEvent,
-    InboundMessage,
-    StatusUpdate,
-)
+from app.domain.gateways.events import GatewayEvent, IgnoredEvent, InboundMessage, StatusUpdate
 
 # The columns of crm_ingest_batch() after p_now, in order.
 COLUMNS = (

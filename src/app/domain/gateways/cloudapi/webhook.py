@@ -12,6 +12,7 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
+from app.db.models import Direction, MessageStatus, MessageType
 from app.domain.gateways.base import (
     InstanceCredentials,
     WebhookHead,
@@ -31,13 +32,10 @@ from app.domain.gateways.cloudapi.schemas import (
     webhook_decoder,
 )
 from app.domain.gateways.events import (
-    Direction,
     GatewayEvent,
     IgnoredEvent,
     InboundMessage,
     MediaRef,
-    MessageStatus,
-    MessageType,
     StatusUpdate,
     addressed_to,
 )

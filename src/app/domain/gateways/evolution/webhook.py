@@ -11,16 +11,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from app.db.models import Direction, MessageStatus, MessageType
 from app.domain.gateways.base import InstanceCredentials, WebhookHead, WebhookRequest
 from app.domain.gateways.chat_ids import is_group, is_status_broadcast, normalise_chat_id
 from app.domain.gateways.events import (
-    Direction,
     GatewayEvent,
     IgnoredEvent,
     InboundMessage,
     MediaRef,
-    MessageStatus,
-    MessageType,
     StatusUpdate,
     addressed_to,
 )
