@@ -178,3 +178,47 @@ async def test_a_webhook_queued_as_the_last_flight_ends_is_not_left_waiting(
         batcher.apply(tenant.org_id, instance.id, [text_message("5511944440001", "second")]), 10
     )
     assert isinstance(second, Applied) and len(second.result.created) == 1
+
+
+async def test_a_second_flight_takes_off_only_once_enough_webhooks_are_queued(
+    engine: AsyncEngine, session: AsyncSession, settings: Settings
+):
+    """Every batch costs a checkout, a round trip, a commit and a publish whatever its size: while one flight
+    is out, the next webhooks wait for it unless `extra_flight_at` of them are queued."""
+    tenant = await create_tenant(session)
+    instance = tenant.instance(GATEWAY)
+    batcher = IngestBatcher(engine, max_flights=2, extra_flight_at=3)
+    held_chat = "5511955550000"
+    first = await batcher.apply(tenant.org_id, instance.id, [text_message(held_chat, "creates the chat")])
+    assert isinstance(first, Applied)
+    conversation_id = first.result.created[0].conversation_id
+    locker = await asyncpg.connect(plain_dsn(settings.db.url))
+    try:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", conversation_id)
+        held = asyncio.ensure_future(
+            batcher.apply(tenant.org_id, instance.id, [text_message(held_chat, "held")])
+        )
+        await asyncio.sleep(0.3)  # its flight is out, waiting on the row lock
+        other = [
+            asyncio.ensure_future(
+                batcher.apply(tenant.org_id, instance.id, [text_message(f"55119555{n:05d}", f"other {n}")])
+            )
+            for n in range(1, 3)
+        ]
+        await asyncio.sleep(0.3)
+        assert len([f for f in batcher._flights if not f.done()]) == 1  # two queued: below 3, they wait
+        assert not any(f.done() for f in other)
+        other.append(
+            asyncio.ensure_future(
+                batcher.apply(tenant.org_id, instance.id, [text_message("5511955559999", "the third")])
+            )
+        )
+        done = await asyncio.wait_for(asyncio.gather(*other), 10)  # three queued: a second flight takes them
+        assert all(isinstance(a, Applied) and len(a.result.created) == 1 for a in done)
+        assert not held.done() and batcher.stats.largest == 3
+        await lock.rollback()
+        assert isinstance(await asyncio.wait_for(held, 10), Applied)
+    finally:
+        await locker.close()

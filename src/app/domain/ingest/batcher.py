@@ -108,7 +108,7 @@ class IngestBatcher:
     max_requests: int = 64
     max_bytes: int = 8 * 1024 * 1024
     max_flights: int = 4  # batches in flight at once, each on its own connection (INGEST_BATCH_FLIGHTS)
-    extra_flight_at: int = 8  # webhooks queued before a flight beside the one under way takes off
+    extra_flight_at: int = 32  # webhooks queued before a flight beside the one under way takes off
     stats: BatchStats = field(default_factory=BatchStats)
     _queue: deque[_Waiting] = field(default_factory=deque, repr=False)
     _flights: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
