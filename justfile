@@ -4,6 +4,8 @@
 set dotenv-load := false
 
 embedded := "uv run python -m app.lib.embedded exec"
+# xdist workers of `just test`: 2 for the 2-core machines it runs on
+test_workers := env("TEST_WORKERS", "2")
 
 default:
     @just --list
@@ -23,9 +25,27 @@ test-deps:
           $s apt-get install -y -qq pgbouncer >/dev/null 2>&1 || { $s apt-get update -qq && $s apt-get install -y -qq pgbouncer; }; }; } || \
         echo "test-deps: could not install pgbouncer; install it (Debian: apt-get install pgbouncer)" >&2
 
-# Run the test suite against real Postgres and Redis (embedded, throw-away, when no URLs are set)
+# Against real Postgres/Redis (embedded throw-away ones when no URLs are set). Without arguments: the
+# parallel-safe tests on TEST_WORKERS xdist workers, then the timing-sensitive ones (marker `serial`) alone.
+# With arguments it is exactly `pytest ARGS` in one process: `just test -m security`, `just test tests/unit`.
+[doc("Every test (2 xdist workers, then the `serial` ones alone); with ARGS just `pytest ARGS`")]
+[positional-arguments]
 test *args: install test-deps
-    {{embedded}} --ephemeral -- uv run pytest {{args}}
+    #!/usr/bin/env bash
+    set -uo pipefail
+    if [ $# -gt 0 ]; then exec {{embedded}} --ephemeral -- uv run pytest "$@"; fi
+    exec {{embedded}} --ephemeral -- bash -c '
+        uv run pytest -n {{test_workers}} --dist loadgroup -m "not serial"; parallel=$?
+        uv run pytest -m serial; serial=$?
+        if [ $parallel -ne 0 ] || [ $serial -ne 0 ]; then
+            echo "just test: the parallel part exited $parallel, the serial part $serial" >&2
+            exit 1
+        fi'
+
+# The fast tier (~50 s here): unit tests and the integration tests that start no process of their own
+[positional-arguments]
+test-fast *args: install
+    {{embedded}} --ephemeral -- uv run pytest -m "unit or (integration and not process)" "$@"
 
 # Apply database migrations (alembic upgrade head)
 migrate: install

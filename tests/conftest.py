@@ -2,6 +2,10 @@
 
 The run's database is created here and built by `alembic upgrade head`, so the migrations are what every
 test exercises. Tests isolate themselves by creating their own organisation; nothing is truncated.
+
+Under pytest-xdist (issue 14: `just test` runs on 2 workers) each worker is a run of its own: its own
+database and its own Redis key prefix, both named after the worker (`gw0`, ...) so a leftover is traceable.
+The tiers (markers) are given by tests/tiers.py.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ from tests.kit.data import env_for, make_settings
 from tests.kit.databases import scratch_database
 from tests.kit.processes import ApiProcess, api_processes
 
+pytest_plugins = ["tests.tiers"]
+
+# "gw0", "gw1", ... under pytest-xdist; "main" in a run of one process.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
 
 @pytest.fixture(scope="session")
 def service_urls() -> Iterator[tuple[str, str]]:
@@ -42,7 +51,7 @@ def service_urls() -> Iterator[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
     """A database of this run's own, migrated to head with the real Alembic scripts, dropped afterwards."""
-    with scratch_database(service_urls[0], "crm_test") as url:
+    with scratch_database(service_urls[0], f"crm_test_{WORKER}") as url:
         yield url
 
 
@@ -63,7 +72,7 @@ def settings(database_url: str, redis_url: str, media_dir: Path) -> Settings:
         database_url,
         redis_url,
         environment="test",
-        key_prefix="crm-test",
+        key_prefix=f"crm-test-{WORKER}",  # make_settings adds -<random>
         log_level=os.environ.get("TEST_LOG_LEVEL", "WARNING"),
         media={"storage_url": media_dir.resolve().as_uri()},
         db={"pool_size": 20, "max_overflow": 20},
