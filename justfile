@@ -42,10 +42,10 @@ test *args: install test-deps
             exit 1
         fi'
 
-# The fast tier (~50 s here): unit tests and the integration tests that start no process of their own
+# The fast tier (~1 min here): unit and integration tests that start no process of their own
 [positional-arguments]
 test-fast *args: install
-    {{embedded}} --ephemeral -- uv run pytest -m "unit or (integration and not process)" "$@"
+    {{embedded}} --ephemeral -- uv run pytest -m "(unit or integration) and not process" "$@"
 
 # Apply database migrations (alembic upgrade head)
 migrate: install
