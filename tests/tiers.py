@@ -51,6 +51,7 @@ SERIAL_TIERS = ("faults",)
 SHARED_FIXTURES = frozenset({"service_urls"})
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = "tests.bench"
 _SCOPES = ("tests", "app")  # packages whose code is read; libraries are not
 _SPAWNING_OBJECTS: tuple[Any, ...] = (
     subprocess,
@@ -87,7 +88,8 @@ class _Reader:
     def _object(self, obj: Any) -> tuple[frozenset[str], bool]:
         """(facts, complete) of a module, class, function or method."""
         if isinstance(obj, types.ModuleType):
-            return (frozenset({"bench"}) if obj.__name__.startswith("tests.bench") else frozenset()), True
+            bench = obj.__name__ == BENCH or obj.__name__.startswith(f"{BENCH}.")
+            return (frozenset({"bench"}) if bench else frozenset()), True
         if isinstance(obj, staticmethod | classmethod):
             obj = obj.__func__
         if isinstance(obj, property):
@@ -127,7 +129,7 @@ class _Reader:
             for const in code.co_consts:
                 if isinstance(const, types.CodeType):  # nested functions, comprehensions, lambdas
                     found.append(self._code(const, namespace))
-                elif isinstance(const, str) and const.startswith("tests.bench"):  # `python -m tests.bench.x`
+                elif isinstance(const, str) and const.startswith(f"{BENCH}."):  # `python -m tests.bench.x`
                     found.append((frozenset({"bench"}), True))
         finally:
             self._walking.discard(code)

@@ -73,8 +73,10 @@ def _in_a_closure() -> None:
         (_in_a_closure, {"process"}),
     ],
 )
-def test_what_a_function_reaches(function: object, facts: set[str]) -> None:
+def test_what_a_function_reaches(request: pytest.FixtureRequest, function: object, facts: set[str]) -> None:
     assert _Reader().of_object(function) == facts
+    # Reading code is neither running a bench nor starting a process: tiers.py's own names don't count.
+    assert {marker.name for marker in request.node.iter_markers()}.isdisjoint({"bench_smoke", "process"})
 
 
 def test_a_cycle_is_complete_whichever_end_is_read_first() -> None:
