@@ -94,6 +94,15 @@ def version_ttl_s(settings: CacheSettings) -> int:
     return settings.redis_ttl_s * 2
 
 
+@dataclass(frozen=True, slots=True)
+class Bumps:
+    scopes: list[str]  # version keys to INCR, each then given `ttl_s`
+    ttl_s: int
+    channel: str  # the invalidation channel, and the message naming the scopes
+    message: str
+    carried: dict[str, int]  # earlier failures' bumps among `scopes`
+
+
 @dataclass(slots=True)
 class RedisLayerStats:
     hits: int = 0
@@ -159,19 +168,25 @@ class PageCache:
         self.memory.invalidate(scopes)
         self._drop_flights(scopes.__contains__)
 
-    def stage_invalidation(self, pipe: Pipeline, scopes: set[str]) -> dict[str, int]:
-        """Queue on `pipe` what makes these scopes stale in every process: version bumps and a message on
-        the invalidation channel, together with the bumps an earlier failure left. Pass what this returns
-        to invalidation_sent() or invalidation_failed() once the pipeline ran."""
+    def bumps(self, scopes: set[str]) -> Bumps:
+        """What makes these scopes stale in every process: their version bumps (with those an earlier
+        failure left) and the invalidation channel's message naming them. Pass `carried` to
+        invalidation_sent() or invalidation_failed() once Redis took them or not."""
         carried = dict(self._unbumped)
-        scopes = scopes | carried.keys()
-        ttl = version_ttl_s(self.settings)
-        for scope in scopes:
+        bumped = sorted(scopes | carried.keys())
+        return Bumps(
+            bumped, version_ttl_s(self.settings), self.invalidation_channel(), "\n".join(bumped), carried
+        )
+
+    def stage_invalidation(self, pipe: Pipeline, scopes: set[str]) -> dict[str, int]:
+        """`bumps` queued on `pipe` as plain commands (the publisher sends them in one script instead)."""
+        bumps = self.bumps(scopes)
+        for scope in bumps.scopes:
             pipe.incr(scope)
-            pipe.expire(scope, ttl)
-        if scopes:
-            pipe.publish(self.keys.invalidation_channel(), "\n".join(sorted(scopes)))
-        return carried
+            pipe.expire(scope, bumps.ttl_s)
+        if bumps.scopes:
+            pipe.publish(bumps.channel, bumps.message)
+        return bumps.carried
 
     def invalidation_sent(self, carried: dict[str, int]) -> None:
         for scope, failure in carried.items():
