@@ -100,10 +100,16 @@ class WebhookService:
         instance = self.recent.get(kind, instance_name)
         if instance is not None:
             return instance
-        instance = await self._look_up(kind, instance_name)
+        if self.session is not None:  # the caller's session: not shared with other requests' lookups
+            instance = await self._look_up(kind, instance_name)
+            if instance is not None:
+                self.recent.put(instance)
+        else:
+            instance = await self.recent.look_up_once(
+                kind, instance_name, lambda: self._look_up(kind, instance_name)
+            )
         if instance is None:
             raise WebhookTargetUnknown(f"unknown {gateway} instance '{instance_name}'")
-        self.recent.put(instance)
         return instance
 
     async def _look_up(self, kind: GatewayKind, instance_name: str) -> ReceivingInstance | None:
