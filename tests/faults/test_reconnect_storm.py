@@ -43,7 +43,7 @@ from tests.faults.harness import (
     text_webhooks,
     wait_caught_up,
 )
-from tests.kit.clients import login_token
+from tests.kit.api import login_token
 from tests.kit.data import env_for, text_message
 from tests.kit.databases import plain_dsn
 from tests.kit.factories import PASSWORD, Tenant, create_tenant

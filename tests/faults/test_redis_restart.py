@@ -37,7 +37,7 @@ from tests.faults.harness import (
     text_webhooks,
     wait_caught_up,
 )
-from tests.kit.clients import login_token
+from tests.kit.api import login_token
 from tests.kit.data import env_for
 from tests.kit.factories import PASSWORD, create_tenant
 from tests.kit.processes import api_processes, private_redis

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db.models import Message
 from app.domain.conversations.cache import _REDIS_BACKOFF_S
 from tests.integration.test_realtime import GATEWAY
-from tests.kit.clients import login_token, post_text
+from tests.kit.api import login_token, post_text
 from tests.kit.data import env_for
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
 from tests.kit.processes import ApiProcess, api_processes, private_redis

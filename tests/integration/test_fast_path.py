@@ -27,7 +27,7 @@ from app.server.core import create_asgi
 from app.server.fastpath import CachedPageFastPath
 from app.server.shedding import RefusedLoginShedding
 from tests.integration.test_read_api import ingest
-from tests.kit.clients import login
+from tests.kit.api import login
 from tests.kit.data import fixture_for, post_webhook, text_message, with_message_id
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
 

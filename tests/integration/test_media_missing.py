@@ -19,7 +19,7 @@ from tests.integration.test_media_pipeline import (
     stored_files,
     worker_ctx,  # noqa: F401  (a fixture, used by name)
 )
-from tests.kit.clients import login_token
+from tests.kit.api import login_token
 from tests.kit.data import image_webhook, jpeg, signed_headers
 from tests.kit.factories import PASSWORD, create_tenant
 from tests.kit.processes import ApiProcess

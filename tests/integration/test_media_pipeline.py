@@ -34,7 +34,7 @@ from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.media import process_media
 from tests.fake_gateway import FakeGateway, status
-from tests.kit.clients import login
+from tests.kit.api import login
 from tests.kit.data import env_for, image_message, image_webhook, jpeg, post_webhook
 from tests.kit.factories import Tenant, create_tenant
 from tests.kit.processes import ROOT

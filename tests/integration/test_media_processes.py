@@ -37,7 +37,7 @@ from tests.integration.test_media_pipeline import (
     stored_files,
     worker_ctx,  # noqa: F401  (a fixture, used by name)
 )
-from tests.kit.clients import eventually, first_conversation, login_token, open_room, post_text
+from tests.kit.api import eventually, first_conversation, login_token, open_room, post_text
 from tests.kit.data import image_message, image_webhook, jpeg, signed_headers
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
 from tests.kit.processes import ApiProcess, arq_worker

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.server.core import create_app
-from tests.kit.clients import login
+from tests.kit.api import login
 from tests.kit.data import fixture_for, post_webhook, with_message_id
 from tests.kit.factories import create_tenant
 

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from websockets.asyncio.server import ServerConnection, serve
 
 from app.config import Settings
-from tests.kit.clients import WsClient, login_token
+from tests.kit.api import login_token
+from tests.kit.clients import WsClient
 from tests.kit.data import env_for
 from tests.kit.factories import PASSWORD, create_tenant
 from tests.kit.processes import api_processes, private_redis

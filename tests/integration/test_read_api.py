@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.domain.conversations.ingest import IngestService
 from app.domain.gateways.events import GatewayEvent
-from tests.kit.clients import login
+from tests.kit.api import login
 from tests.kit.data import text_message
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
 

@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.models import Contact, Conversation
 from app.domain.conversations.ingest import IngestService
-from tests.kit.clients import WsClient, first_conversation, login_token, open_room, post_text
+from tests.kit.api import first_conversation, login_token, open_room, post_text
+from tests.kit.clients import WsClient
 from tests.kit.data import text_message
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
 from tests.kit.processes import ApiProcess

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from tests.integration.test_realtime import GATEWAY, created_seqs_until_done, tenant_with_conversation
-from tests.kit.clients import StalledClient, WsClient, login_token, open_room, post_text
+from tests.kit.api import login_token, open_room, post_text
+from tests.kit.clients import StalledClient, WsClient
 from tests.kit.data import env_for
 from tests.kit.factories import PASSWORD, create_tenant
 from tests.kit.measure import rss_kib

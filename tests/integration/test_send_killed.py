@@ -20,7 +20,7 @@ from app.lib.jobs import deserialize_job, queue_name, send_job_id
 from app.workers.sending import INTERRUPTED
 from tests.fake_gateway import FakeGateway, hang
 from tests.integration.test_outbound import auth, send, tenant_with_chat
-from tests.kit.clients import eventually
+from tests.kit.api import eventually
 from tests.kit.processes import arq_worker
 
 Client = AsyncTestClient[Litestar]

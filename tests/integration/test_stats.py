@@ -9,7 +9,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentRole
-from tests.kit.clients import login
+from tests.kit.api import login
 from tests.kit.data import fixture_for, post_webhook, with_message_id
 from tests.kit.factories import AgentFactory, create_tenant
 

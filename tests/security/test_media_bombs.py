@@ -38,7 +38,7 @@ from tests.integration.test_media_pipeline import (
     stored_files,
     worker_ctx,  # noqa: F401  (a fixture, used by name)
 )
-from tests.kit.clients import eventually
+from tests.kit.api import eventually
 from tests.kit.factories import Tenant, create_tenant
 from tests.kit.measure import MiB, RssSampler, cpu_seconds, status_bytes
 from tests.kit.processes import arq_worker
