@@ -39,10 +39,10 @@ from app.db.models import Media, MediaState, Message, MessageStatus
 from app.lib.jobs import media_queue_name
 from tests.fake_gateway import FakeGateway, ok
 from tests.faults.harness import Json, report
-from tests.integration.test_outbound import tenant_with_chat
 from tests.kit.api import login_token
 from tests.kit.data import env_for, image_webhook, jpeg, signed_headers
 from tests.kit.factories import PASSWORD, Tenant
+from tests.kit.ingested import tenant_with_chat
 from tests.kit.processes import (
     ArqWorker,
     PrivatePostgres,

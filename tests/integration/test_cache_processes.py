@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db.models import Message
 from app.domain.conversations.cache import _REDIS_BACKOFF_S
-from tests.integration.test_realtime import GATEWAY
-from tests.kit.api import login_token, post_text
+from tests.kit.api import TEXT_GATEWAY, login_token, post_text
 from tests.kit.data import env_for
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
 from tests.kit.processes import ApiProcess, api_processes, private_redis
@@ -99,7 +98,7 @@ async def wait_for(check: Any, what: str, timeout: float = 5.0) -> Any:
 
 async def setup_conversation(session: AsyncSession, process: ApiProcess) -> tuple[Tenant, Agent, str]:
     tenant = await create_tenant(session)
-    await post_text(process, tenant.instance(GATEWAY), "SEED-1", "first")
+    await post_text(process, tenant.instance(TEXT_GATEWAY), "SEED-1", "first")
     agent = await Agent.login(process, tenant)
     conversation_id = str((await agent.inbox())["items"][0]["id"])
     return tenant, agent, conversation_id
@@ -119,7 +118,7 @@ async def test_a_write_through_a_reaches_the_cached_pages_of_b_by_invalidation(
             before = await on_b.cache()
             assert before["memory"]["max_bytes"] == settings.cache.memory_max_bytes
 
-            await post_text(a, tenant.instance(GATEWAY), "FROM-A-1", "written through A")
+            await post_text(a, tenant.instance(TEXT_GATEWAY), "FROM-A-1", "written through A")
 
             async def b_shows_it() -> bool:
                 return bodies(await on_b.history(conversation_id)) == ["first", "written through A"]
@@ -157,7 +156,7 @@ async def test_redis_stopped_mid_test_costs_only_the_cache(settings: Settings, s
             redis.stop()
             assert bodies(await agent.history(conversation_id)) == ["first"]
             assert (await agent.inbox())["items"][0]["last_message_preview"] == "first"
-            await post_text(process, tenant.instance(GATEWAY), "DOWN-1", "while Redis is down")
+            await post_text(process, tenant.instance(TEXT_GATEWAY), "DOWN-1", "while Redis is down")
             stored = await session.scalar(  # this org's: test_realtime_edges posts a "DOWN-1" of its own
                 select(Message).where(Message.gateway_message_id == "DOWN-1", Message.org_id == tenant.org_id)
             )
@@ -174,7 +173,7 @@ async def test_redis_stopped_mid_test_costs_only_the_cache(settings: Settings, s
             assert bodies(await agent.read_from_memory(url)) == ["first", "while Redis is down"]
             assert (await agent.read_from_memory(INBOX))["items"][0]["last_seq"] == 2
             # Writes invalidate again once Redis is back.
-            await post_text(process, tenant.instance(GATEWAY), "UP-1", "after the restart")
+            await post_text(process, tenant.instance(TEXT_GATEWAY), "UP-1", "after the restart")
             assert bodies(await agent.history(conversation_id))[-1] == "after the restart"
             assert (await agent.inbox())["items"][0]["last_message_preview"] == "after the restart"
         finally:
@@ -201,7 +200,7 @@ async def test_a_write_made_while_redis_was_unreachable_stays_visible_after_it_i
             assert (await agent.cache())["redis"]["stores"] >= 1
 
             relay.cut()
-            await post_text(process, tenant.instance(GATEWAY), "CUT-1", "written while cut off")
+            await post_text(process, tenant.instance(TEXT_GATEWAY), "CUT-1", "written while cut off")
             assert bodies(await agent.history(conversation_id)) == ["first", "written while cut off"]
             await agent.wait_memory_live(False)
 

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from app.config import Settings
 from app.domain.conversations.cache import CacheKeys, PageCache
 from app.domain.realtime.publisher import EventPublisher
-from tests.integration.test_read_cache import Loader, created, history_scope
+from tests.kit.page_cache import Loader, created, history_scope
 
 
 async def test_a_store_deferred_past_a_write_is_refused(redis: Redis, settings: Settings):

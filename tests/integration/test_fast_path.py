@@ -26,10 +26,10 @@ from app.domain.conversations.cache import CacheKeys
 from app.server.core import create_asgi
 from app.server.fastpath import CachedPageFastPath
 from app.server.shedding import RefusedLoginShedding
-from tests.integration.test_read_api import ingest
 from tests.kit.api import login
 from tests.kit.data import fixture_for, post_webhook, text_message, with_message_id
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.ingested import ingest
 
 Client = AsyncTestClient[Litestar]
 INBOX = "/api/whatsapp-optimized/conversations"

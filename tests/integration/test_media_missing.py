@@ -15,13 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Media, MediaState
 from app.workers.media import process_media
-from tests.integration.test_media_pipeline import (
-    stored_files,
-    worker_ctx,  # noqa: F401  (a fixture, used by name)
-)
 from tests.kit.api import login_token
 from tests.kit.data import image_webhook, jpeg, signed_headers
 from tests.kit.factories import PASSWORD, create_tenant
+from tests.kit.media import stored_files
 from tests.kit.processes import ApiProcess
 
 GATEWAY = "evolution"
@@ -30,7 +27,7 @@ GATEWAY = "evolution"
 async def test_a_ready_media_whose_file_was_removed_answers_its_own_500_not_a_database_503(
     api_pair: list[ApiProcess],
     session: AsyncSession,
-    worker_ctx: dict[str, Any],  # noqa: F811  (the fixture imported above)
+    worker_ctx: dict[str, Any],
     media_dir: Path,
 ) -> None:
     api = api_pair[0]

@@ -9,64 +9,38 @@ import base64
 import io
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-import httpx
 import pytest
 from arq import Retry
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from PIL import Image
 from redis.asyncio import Redis
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
-from app.db.models import Media, MediaState, Message, WhatsAppInstance
-from app.domain.conversations.cache import CacheKeys, PageCache
-from app.domain.conversations.ingest import IngestService
+from app.db.models import Media, MediaState, Message
 from app.domain.media import processing
-from app.domain.media.decode_budget import DecodeBudget
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
-from app.domain.realtime.publisher import EventPublisher
 from app.workers.media import process_media
 from tests.fake_gateway import FakeGateway, status
 from tests.kit.api import login
-from tests.kit.data import env_for, image_message, image_webhook, jpeg, post_webhook
+from tests.kit.data import env_for, image_webhook, jpeg, post_webhook
 from tests.kit.factories import Tenant, create_tenant
+from tests.kit.ingested import downloadable_image
+from tests.kit.media import stored_files
 from tests.kit.processes import ROOT
 
 Client = AsyncTestClient[Litestar]
 GATEWAY = "evolution"
 
 
-@pytest.fixture
-async def worker_ctx(engine: AsyncEngine, settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """What the media worker's startup builds, on the test's database, Redis and storage directory."""
-    redis = Redis.from_url(settings.redis.url)
-    cache = PageCache(redis, CacheKeys(settings.redis.key_prefix), settings.cache)
-    async with httpx.AsyncClient(trust_env=False) as http:
-        yield {
-            "settings": settings,
-            "sessionmaker": async_sessionmaker(engine, expire_on_commit=False),
-            "http": http,
-            "publisher": EventPublisher(redis, settings.redis.key_prefix, cache),
-            "media_storage": MediaStorage.from_url(settings.media.storage_url),
-            "decode_budget": DecodeBudget(settings.media.decode_budget_bytes),
-        }
-    await redis.aclose()
-
-
 async def media_of(session: AsyncSession, tenant: Tenant) -> list[Media]:
     session.expire_all()
     return list((await session.scalars(select(Media).where(Media.org_id == tenant.org_id))).all())
-
-
-def stored_files(media_dir: Path, sha: str) -> list[Path]:
-    return [path for path in media_dir.rglob(f"{sha}*") if path.is_file()]
 
 
 async def test_an_inline_image_is_stored_once_with_a_thumbnail_and_served(
@@ -223,28 +197,6 @@ async def test_request_handlers_never_process_media(
         timeout=60,
     )
     assert result.stdout.split() == ["False", "False"]
-
-
-async def downloadable_image(
-    session: AsyncSession, engine: AsyncEngine, gateway_url: str
-) -> tuple[Tenant, UUID]:
-    """A WPPConnect image message whose file is not inline: the worker must fetch it from the gateway."""
-    tenant = await create_tenant(session)
-    instance = tenant.instance("wppconnect")
-    await session.execute(
-        update(WhatsAppInstance)
-        .where(WhatsAppInstance.id == instance.id)
-        .values(api_base_url=gateway_url, api_token="gateway-token")
-    )
-    await session.commit()
-    async with async_sessionmaker(engine, expire_on_commit=False)() as writer:
-        result = await IngestService(writer).apply(
-            org_id=tenant.org_id, instance_id=instance.id, events=[image_message()]
-        )
-        await writer.commit()
-    media_id = result.created[0].media_id
-    assert media_id is not None
-    return tenant, media_id
 
 
 async def test_a_file_not_inline_is_downloaded_retried_when_transient_and_failed_when_final(

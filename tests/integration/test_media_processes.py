@@ -32,14 +32,11 @@ from app.domain.media import processing
 from app.lib.jobs import deserialize_job, media_job_id, media_queue_name
 from app.workers.media import CLAIM_LEASE, process_media, sweep_pending_media
 from tests.fake_gateway import FakeGateway, hang, status
-from tests.integration.test_media_pipeline import (
-    downloadable_image,
-    stored_files,
-    worker_ctx,  # noqa: F401  (a fixture, used by name)
-)
 from tests.kit.api import eventually, first_conversation, login_token, open_room, post_text
 from tests.kit.data import image_message, image_webhook, jpeg, signed_headers
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.ingested import downloadable_image
+from tests.kit.media import stored_files
 from tests.kit.processes import ApiProcess, arq_worker
 
 GATEWAY = "evolution"
@@ -294,7 +291,7 @@ async def test_an_inline_file_over_the_limit_fails_with_a_reason_and_stores_noth
     session: AsyncSession,
     engine: AsyncEngine,
     settings: Settings,
-    worker_ctx: dict[str, Any],  # noqa: F811
+    worker_ctx: dict[str, Any],
     media_dir: Path,
 ):
     image = noisy_jpeg(96, 96, seed=4)

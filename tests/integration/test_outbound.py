@@ -18,14 +18,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db.models import Message, WhatsAppInstance
+from app.db.models import Message
 from app.domain.conversations.cache import CacheKeys, PageCache
-from app.domain.conversations.ingest import IngestService
 from app.domain.realtime.publisher import EventPublisher
 from app.workers.sending import INTERRUPTED, MAX_ATTEMPTS, send_message
 from tests.fake_gateway import FakeGateway, garbage, ok, status
-from tests.kit.data import text_message
-from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.api import login, send
+from tests.kit.factories import Tenant
+from tests.kit.ingested import tenant_with_chat
 
 Client = AsyncTestClient[Litestar]
 GATEWAY = "wppconnect"
@@ -55,40 +55,6 @@ async def worker_ctx(engine: AsyncEngine, settings: Settings) -> AsyncIterator[d
     await redis.aclose()
 
 
-async def tenant_with_chat(
-    session: AsyncSession, engine: AsyncEngine, gateway_url: str | None
-) -> tuple[Tenant, UUID]:
-    tenant = await create_tenant(session)
-    instance = tenant.instance(GATEWAY)
-    await session.execute(
-        update(WhatsAppInstance)
-        .where(WhatsAppInstance.id == instance.id)
-        .values(api_base_url=gateway_url, api_token="gateway-token" if gateway_url else None)
-    )
-    await session.commit()
-    async with async_sessionmaker(engine, expire_on_commit=False)() as writer:
-        result = await IngestService(writer).apply(
-            org_id=tenant.org_id, instance_id=instance.id, events=[text_message("5511944440000", "hi")]
-        )
-        await writer.commit()
-    return tenant, result.created[0].conversation_id
-
-
-async def auth(client: Client, tenant: Tenant) -> dict[str, str]:
-    response = await client.post("/api/auth/login", json={"email": tenant.agent.email, "password": PASSWORD})
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
-
-
-async def send(
-    client: Client, headers: dict[str, str], conversation_id: UUID, text: str, key: str
-) -> httpx.Response:
-    return await client.post(
-        f"/api/whatsapp-optimized/messages/{conversation_id}",
-        json={"text": text, "client_message_id": key},
-        headers=headers,
-    )
-
-
 async def stored(session: AsyncSession, message_id: str) -> Message:
     session.expire_all()
     return await session.get_one(Message, UUID(message_id))
@@ -98,7 +64,7 @@ async def test_send_persists_pending_message_once_per_client_message_id(
     client: Client, session: AsyncSession, engine: AsyncEngine, gateway: FakeGateway
 ):
     tenant, conversation_id = await tenant_with_chat(session, engine, gateway.base_url)
-    headers = await auth(client, tenant)
+    headers = await login(client, tenant.agent.email)
     first = await send(client, headers, conversation_id, "Olá! Posso ajudar?", "tab1-0001")
     assert first.status_code == 201, first.text
     body = first.json()
@@ -143,7 +109,7 @@ async def test_bad_send_requests_are_400_and_write_nothing(
     response = await client.post(
         f"/api/whatsapp-optimized/messages/{conversation_id}",
         json=payload,
-        headers=await auth(client, tenant),
+        headers=await login(client, tenant.agent.email),
     )
     assert response.status_code == code
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -158,11 +124,13 @@ async def test_send_to_another_org_is_404_and_without_credentials_is_422(
 ):
     ours, _ = await tenant_with_chat(session, engine, "http://127.0.0.1:9")
     _, their_conversation = await tenant_with_chat(session, engine, "http://127.0.0.1:9")
-    headers = await auth(client, ours)
+    headers = await login(client, ours.agent.email)
     assert (await send(client, headers, their_conversation, "hi", "k-404")).status_code == 404
 
     no_credentials, conversation_id = await tenant_with_chat(session, engine, None)
-    refused = await send(client, await auth(client, no_credentials), conversation_id, "hi", "k-422")
+    refused = await send(
+        client, await login(client, no_credentials.agent.email), conversation_id, "hi", "k-422"
+    )
     assert refused.status_code == 422 and "cannot send" in refused.json()["detail"]
     count = await session.scalar(
         select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)
@@ -175,7 +143,11 @@ async def _pending_message(
 ) -> tuple[Tenant, str]:
     tenant, conversation_id = await tenant_with_chat(session, engine, gateway.base_url)
     response = await send(
-        client, await auth(client, tenant), conversation_id, "Seu pedido saiu", secrets.token_hex(6)
+        client,
+        await login(client, tenant.agent.email),
+        conversation_id,
+        "Seu pedido saiu",
+        secrets.token_hex(6),
     )
     return tenant, response.json()["id"]
 

@@ -17,11 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from tests.fake_gateway import FakeGateway, ok
-from tests.integration.test_outbound import tenant_with_chat
 from tests.kit.api import login_token
 from tests.kit.clients import WsClient
 from tests.kit.data import env_for
 from tests.kit.factories import PASSWORD
+from tests.kit.ingested import tenant_with_chat
 from tests.kit.processes import ROOT, ApiProcess
 
 

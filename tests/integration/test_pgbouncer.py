@@ -36,11 +36,11 @@ from app.db.models import Media, MediaState, Message, MessageStatus
 from app.domain.conversations.cache import CacheKeys
 from app.lib.jobs import deserialize_job, queue_name, serialize_job
 from tests.fake_gateway import FakeGateway, ok
-from tests.integration.test_outbound import tenant_with_chat
 from tests.kit.api import eventually, login_token, post_text
 from tests.kit.data import env_for, image_webhook, jpeg, signed_headers
 from tests.kit.databases import ROOT, alembic_config, plain_dsn, scratch_database
 from tests.kit.factories import PASSWORD
+from tests.kit.ingested import tenant_with_chat
 from tests.kit.pgbouncer import PgBouncer, pgbouncer
 from tests.kit.processes import api_processes, arq_worker
 

@@ -9,24 +9,15 @@ from uuid import uuid4
 import jwt
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
-from app.domain.conversations.ingest import IngestService
-from app.domain.gateways.events import GatewayEvent
 from tests.kit.api import login
 from tests.kit.data import text_message
-from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.factories import PASSWORD, create_tenant
+from tests.kit.ingested import ingest
 
 Client = AsyncTestClient[Litestar]
-
-
-async def ingest(engine: AsyncEngine, tenant: Tenant, events: list[GatewayEvent]) -> None:
-    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-        await IngestService(session).apply(
-            org_id=tenant.org_id, instance_id=tenant.instance("evolution").id, events=events
-        )
-        await session.commit()
 
 
 async def test_login_rejects_wrong_password_and_unknown_email(client: Client, session: AsyncSession):

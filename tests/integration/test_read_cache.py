@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -25,13 +24,14 @@ from app.config import Settings
 from app.db.models import Conversation, Message, WhatsAppInstance
 from app.domain.conversations.cache import CacheKeys, PageCache, version_ttl_s
 from app.domain.conversations.ingest import IngestService
-from app.domain.realtime.events import Envelope, EventKind
 from app.domain.realtime.publisher import EventPublisher
 from app.lib.dbstats import QueryCounter
 from app.server.core import create_app
+from tests.kit.api import login
 from tests.kit.data import fixture_for, post_webhook, text_message, with_message_id
-from tests.kit.factories import PASSWORD, Tenant, create_tenant
+from tests.kit.factories import Tenant, create_tenant
 from tests.kit.measure import free_port
+from tests.kit.page_cache import Loader, created, history_scope
 from tests.kit.processes import private_redis
 
 Client = AsyncTestClient[Litestar]
@@ -48,12 +48,6 @@ def history_url(conversation_id: UUID | str) -> str:
 
 def new_message_id() -> str:
     return f"3EB0{secrets.token_hex(8).upper()}"
-
-
-async def login(client: Client, email: str) -> dict[str, str]:
-    response = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
 async def cache_stats(client: Client, admin: dict[str, str]) -> Json:
@@ -332,35 +326,9 @@ class FakeClock:
         return self.now
 
 
-class Loader:
-    """A page loader that counts its calls and, when gated, waits for the test to release it."""
-
-    def __init__(self, value: bytes, *, gated: bool = False) -> None:
-        self.value, self.calls = value, 0
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-        if not gated:
-            self.release.set()
-
-    async def __call__(self) -> bytes:
-        self.calls += 1
-        self.started.set()
-        await self.release.wait()
-        return self.value
-
-
 @pytest.fixture
 def keys(settings: Settings) -> CacheKeys:
     return CacheKeys(settings.redis.key_prefix)
-
-
-def history_scope(keys: CacheKeys) -> tuple[UUID, UUID, str]:
-    org_id, conversation_id = uuid4(), uuid4()
-    return org_id, conversation_id, keys.messages_scope(org_id, conversation_id)
-
-
-def created(conversation_id: UUID, seq: int) -> Envelope:
-    return Envelope(EventKind.MESSAGE_CREATED, conversation_id, seq, json.dumps({"type": "message.created"}))
 
 
 async def test_a_page_loaded_across_a_write_is_not_stored_in_redis(

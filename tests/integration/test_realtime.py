@@ -12,24 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.models import Contact, Conversation
 from app.domain.conversations.ingest import IngestService
-from tests.kit.api import first_conversation, login_token, open_room, post_text
+from tests.kit.api import (
+    TEXT_GATEWAY,
+    created_seqs_until_done,
+    open_room,
+    post_text,
+    tenant_with_conversation,
+)
 from tests.kit.clients import WsClient
 from tests.kit.data import text_message
-from tests.kit.factories import PASSWORD, Tenant, create_tenant
 from tests.kit.processes import ApiProcess
-
-GATEWAY = "evolution"
-
-
-async def created_seqs_until_done(client: WsClient, conversation_id: str) -> list[int]:
-    seqs: list[int] = []
-    while True:
-        frame = await client.recv_json()
-        if frame["type"] == "replay.done":
-            assert frame["conversation_id"] == conversation_id
-            return seqs
-        if frame["type"] == "message.created":
-            seqs.append(frame["seq"])
 
 
 async def collect_created(client: WsClient, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -42,13 +34,6 @@ async def collect_created(client: WsClient, count: int, timeout: float = 10.0) -
     return frames
 
 
-async def tenant_with_conversation(session: AsyncSession, process: ApiProcess) -> tuple[Tenant, str, str]:
-    tenant = await create_tenant(session)
-    await post_text(process, tenant.instance(GATEWAY), "SEED-1", "first")
-    token = await login_token(process.base_url, tenant.agent.email, PASSWORD)
-    return tenant, token, await first_conversation(process, token)
-
-
 async def test_webhook_on_process_a_reaches_client_on_process_b(
     api_pair: list[ApiProcess], session: AsyncSession
 ):
@@ -57,7 +42,7 @@ async def test_webhook_on_process_a_reaches_client_on_process_b(
     client = await open_room(b, token, conversation_id, after_seq=1)
     assert await created_seqs_until_done(client, conversation_id) == []
 
-    await post_text(a, tenant.instance(GATEWAY), "LIVE-1", "hello from A")
+    await post_text(a, tenant.instance(TEXT_GATEWAY), "LIVE-1", "hello from A")
     created = await client.recv_until(lambda f: f["type"] == "message.created")
     assert (created["conversation_id"], created["seq"], created["message"]["body"]) == (
         conversation_id,
@@ -80,11 +65,11 @@ async def test_reconnect_with_after_seq_receives_exactly_the_missed_messages(
     await client.close()
 
     for i in range(50):  # while the agent is offline, half through each process
-        await post_text(api_pair[i % 2], tenant.instance(GATEWAY), f"MISSED-{i}", f"missed {i}")
+        await post_text(api_pair[i % 2], tenant.instance(TEXT_GATEWAY), f"MISSED-{i}", f"missed {i}")
 
     again = await open_room(b, token, conversation_id, after_seq=1)
     assert await created_seqs_until_done(again, conversation_id) == list(range(2, 52))
-    await post_text(a, tenant.instance(GATEWAY), "AFTER-1", "live again")
+    await post_text(a, tenant.instance(TEXT_GATEWAY), "AFTER-1", "live again")
     live = await again.recv_until(lambda f: f["type"] == "message.created")
     assert live["seq"] == 52
     assert [f for f in await again.drain(0.5) if f["type"] == "message.created"] == []  # no duplicate
@@ -97,11 +82,11 @@ async def test_messages_arriving_during_replay_are_neither_lost_nor_repeated(
     a, b = api_pair
     tenant, token, conversation_id = await tenant_with_conversation(session, a)
     for i in range(30):
-        await post_text(a, tenant.instance(GATEWAY), f"BEFORE-{i}", f"before {i}")
+        await post_text(a, tenant.instance(TEXT_GATEWAY), f"BEFORE-{i}", f"before {i}")
 
     async def keep_posting() -> None:
         for i in range(40):
-            await post_text(api_pair[i % 2], tenant.instance(GATEWAY), f"DURING-{i}", f"during {i}")
+            await post_text(api_pair[i % 2], tenant.instance(TEXT_GATEWAY), f"DURING-{i}", f"during {i}")
 
     poster = asyncio.create_task(keep_posting())
     client = await open_room(b, token, conversation_id, after_seq=0)
@@ -131,7 +116,7 @@ async def test_a_lost_publish_still_reaches_subscribers(
         ).scalar_one()
         await IngestService(writer).apply(
             org_id=tenant.org_id,
-            instance_id=tenant.instance(GATEWAY).id,
+            instance_id=tenant.instance(TEXT_GATEWAY).id,
             events=[text_message(wa_id, "committed, never published", gateway_message_id="SILENT-1")],
         )
         await writer.commit()
@@ -157,8 +142,8 @@ async def test_other_organisations_conversation_is_not_found_and_their_events_st
         "detail": f"conversation {their_conversation} not found",
     }
 
-    await post_text(a, theirs.instance(GATEWAY), "THEIRS-2", "their secret")
-    await post_text(a, ours.instance(GATEWAY), "OURS-2", "ours")
+    await post_text(a, theirs.instance(TEXT_GATEWAY), "THEIRS-2", "their secret")
+    await post_text(a, ours.instance(TEXT_GATEWAY), "OURS-2", "ours")
     inbox = await client.recv_until(lambda f: f["type"] == "conversation.updated")
     assert inbox["conversation"]["id"] == our_conversation
     assert "their secret" not in json.dumps(await client.drain(0.5))

@@ -14,8 +14,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from tests.integration.test_realtime import GATEWAY, created_seqs_until_done, tenant_with_conversation
-from tests.kit.api import login_token, open_room, post_text
+from tests.kit.api import (
+    TEXT_GATEWAY,
+    created_seqs_until_done,
+    login_token,
+    open_room,
+    post_text,
+    tenant_with_conversation,
+)
 from tests.kit.clients import StalledClient, WsClient
 from tests.kit.data import env_for
 from tests.kit.factories import PASSWORD, create_tenant
@@ -121,7 +127,7 @@ async def test_slow_consumer_gets_resync_and_is_closed_while_others_and_ingest_k
         # Far more than socket buffers hold (loopback buffers grow to several MB).
         big, count = "x" * 60_000, 250
         for i in range(count):
-            await post_text(process, tenant.instance(GATEWAY), f"FLOOD-{i}", f"{i} {big}")
+            await post_text(process, tenant.instance(TEXT_GATEWAY), f"FLOOD-{i}", f"{i} {big}")
         seqs = []
         while len(seqs) < count:
             frame = await healthy.recv_json(timeout=10)
@@ -162,14 +168,14 @@ async def test_redis_restart_keeps_delivery_without_a_gap(settings: Settings, se
         client = await open_room(b, token, conversation_id, after_seq=1)
         assert await created_seqs_until_done(client, conversation_id) == []
 
-        await post_text(a, tenant.instance(GATEWAY), "PRE-1", "before the restart")
+        await post_text(a, tenant.instance(TEXT_GATEWAY), "PRE-1", "before the restart")
         redis.stop()
         for i in range(5):  # ingest keeps committing while Redis is down
-            await post_text(a, tenant.instance(GATEWAY), f"DOWN-{i}", f"while down {i}")
+            await post_text(a, tenant.instance(TEXT_GATEWAY), f"DOWN-{i}", f"while down {i}")
         await asyncio.sleep(1.0)
         redis.start()
         for i in range(5):
-            await post_text(a, tenant.instance(GATEWAY), f"UP-{i}", f"after restart {i}")
+            await post_text(a, tenant.instance(TEXT_GATEWAY), f"UP-{i}", f"after restart {i}")
 
         seqs: list[int] = []
         async with asyncio.timeout(15):

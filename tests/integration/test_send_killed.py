@@ -19,8 +19,8 @@ from app.db.models import Message
 from app.lib.jobs import deserialize_job, queue_name, send_job_id
 from app.workers.sending import INTERRUPTED
 from tests.fake_gateway import FakeGateway, hang
-from tests.integration.test_outbound import auth, send, tenant_with_chat
-from tests.kit.api import eventually
+from tests.kit.api import eventually, login, send
+from tests.kit.ingested import tenant_with_chat
 from tests.kit.processes import arq_worker
 
 Client = AsyncTestClient[Litestar]
@@ -37,7 +37,7 @@ async def test_a_send_killed_mid_request_is_failed_on_retry_not_sent_twice(
     async with FakeGateway() as gateway:
         gateway.respond(r"/send-message$", hang(120))  # holds the request until the worker is gone
         tenant, conversation_id = await tenant_with_chat(session, engine, gateway.base_url)
-        headers = await auth(client, tenant)
+        headers = await login(client, tenant.agent.email)
         history_url = f"/api/whatsapp-optimized/messages/{conversation_id}"
         job_id = ""
 

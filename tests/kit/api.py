@@ -1,6 +1,7 @@
 """What tests ask of the app over its HTTP API and WebSocket, in-process (`AsyncTestClient`) or of a running
-API process: log in, post a text webhook, open a conversation's room (issue 14 item 2: out of
-tests/kit/clients.py, which keeps the clients themselves and had grown past 400 lines).
+API process: log in, send a message, post a text webhook, open a conversation's room and read its replay.
+Issue 14 item 2: these stood in test modules (test_outbound, test_realtime, security/test_webhook_entry)
+that other test modules imported; tests import the kit, never each other.
 """
 
 from __future__ import annotations
@@ -8,19 +9,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 import httpx
 
 from app.db.models import WhatsAppInstance
 from tests.kit.clients import WsClient
 from tests.kit.data import fixture_for, signed_headers, with_message_id
-from tests.kit.factories import PASSWORD
+from tests.kit.factories import PASSWORD, Tenant, create_tenant
 
 if TYPE_CHECKING:
     from litestar import Litestar
     from litestar.testing import AsyncTestClient
+    from sqlalchemy.ext.asyncio import AsyncSession
 
     from tests.kit.processes import ApiProcess
 
@@ -40,6 +44,33 @@ async def login(client: AsyncTestClient[Litestar], email: str, password: str = P
     response = await client.post("/api/auth/login", json={"email": email, "password": password})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def send(
+    client: AsyncTestClient[Litestar], headers: dict[str, str], conversation_id: UUID, text: str, key: str
+) -> httpx.Response:
+    """An agent's text to a conversation through the in-process app, `key` its client_message_id."""
+    return await client.post(
+        f"/api/whatsapp-optimized/messages/{conversation_id}",
+        json={"text": text, "client_message_id": key},
+        headers=headers,
+    )
+
+
+@asynccontextmanager
+async def from_address(address: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client whose connections leave from `address` (any 127.0.0.x reaches the loopback servers)."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(transport=transport, timeout=10.0, trust_env=False) as client:
+        yield client
+
+
+def assert_throttled(response: httpx.Response) -> None:
+    """A 429 problem-details answer with a Retry-After of at most a minute."""
+    assert response.status_code == 429, (response.status_code, response.text[:300])
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == 429
+    assert 0 < int(response.headers["retry-after"]) <= 60
 
 
 async def post_text(
@@ -79,8 +110,29 @@ async def open_room(process: ApiProcess, token: str, conversation_id: str, after
     return client
 
 
+async def created_seqs_until_done(client: WsClient, conversation_id: str) -> list[int]:
+    """The seqs of the `message.created` frames of a subscribe's replay, read until its `replay.done`."""
+    seqs: list[int] = []
+    while True:
+        frame = await client.recv_json()
+        if frame["type"] == "replay.done":
+            assert frame["conversation_id"] == conversation_id
+            return seqs
+        if frame["type"] == "message.created":
+            seqs.append(frame["seq"])
+
+
 async def login_token(base_url: str, email: str, password: str) -> str:
     async with httpx.AsyncClient(base_url=base_url, timeout=10.0, trust_env=False) as http:
         response = await http.post("/api/auth/login", json={"email": email, "password": password})
         response.raise_for_status()
         return str(response.json()["access_token"])
+
+
+async def tenant_with_conversation(session: AsyncSession, process: ApiProcess) -> tuple[Tenant, str, str]:
+    """A new tenant whose Evolution instance got one text through `process`: (tenant, agent token, id of
+    the conversation it opened)."""
+    tenant = await create_tenant(session)
+    await post_text(process, tenant.instance(TEXT_GATEWAY), "SEED-1", "first")
+    token = await login_token(process.base_url, tenant.agent.email, PASSWORD)
+    return tenant, token, await first_conversation(process, token)

@@ -1,10 +1,11 @@
 """Fixtures of the security suite: the app as uvicorn serves it (fast path in front of Litestar), and two
-organisations, A (the caller) and B (the victim), each with data of its own."""
+organisations, A (the caller) and B (the victim), each with data of its own; the media worker's context."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.config import Settings
 from app.server.core import create_asgi
 from tests.kit.data import env_for
+from tests.kit.media import media_worker_context
 from tests.kit.processes import ApiProcess, api_processes
 from tests.security.support import (
     LOGIN_LIMIT,
@@ -57,3 +59,10 @@ def processes(settings: Settings) -> Iterator[list[ApiProcess]]:
     )
     with api_processes(2, env) as started:
         yield started
+
+
+@pytest.fixture
+async def worker_ctx(engine: AsyncEngine, settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """What the media worker's startup builds, on this run's database, Redis and storage directory."""
+    async with media_worker_context(engine, settings) as ctx:
+        yield ctx

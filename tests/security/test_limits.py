@@ -29,11 +29,12 @@ from app.domain.gateways.media import FetchFailed, FetchTarget, fetch_media
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.server.core import DEFAULT_MAX_BODY_BYTES
 from tests.fake_gateway import FakeGateway, Reply, status
-from tests.integration.test_gateway_media import PATHS, REFS, RawServer, media_info, redirect
 from tests.kit.clients import WsClient
 from tests.kit.data import fixture_for, signed_headers, with_message_id
 from tests.kit.factories import OrganizationFactory, create_tenant
+from tests.kit.media import PATHS, REFS, media_info
 from tests.kit.processes import ApiProcess
+from tests.kit.raw_http import RawServer, redirect
 from tests.security.support import (
     API,
     INBOX,

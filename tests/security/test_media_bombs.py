@@ -34,13 +34,10 @@ from app.domain.media import processing
 from app.domain.media.decode_budget import DecodeBudget
 from app.lib.jobs import media_job_id, media_queue_name
 from app.workers.media import process_media
-from tests.integration.test_media_pipeline import (
-    stored_files,
-    worker_ctx,  # noqa: F401  (a fixture, used by name)
-)
 from tests.kit.api import eventually
 from tests.kit.factories import Tenant, create_tenant
 from tests.kit.measure import MiB, RssSampler, cpu_seconds, status_bytes
+from tests.kit.media import stored_files
 from tests.kit.processes import arq_worker
 
 SIDE = 6300  # 39.7 MP: under MAX_PIXELS, 159 MB as decoded RGBA
@@ -174,7 +171,7 @@ async def test_an_image_whose_decode_alone_exceeds_the_budget_is_stored_without_
     session: AsyncSession,
     engine: AsyncEngine,
     settings: Settings,
-    worker_ctx: dict[str, Any],  # noqa: F811
+    worker_ctx: dict[str, Any],
     media_dir: Path,
 ):
     data = bomb_png((7, 8, 9, 10), side=4000)  # 61 MiB decoded: over a 32 MiB budget
