@@ -175,6 +175,20 @@ def with_message_id(gateway: str, data: Any, message_id: str, *, text: str | Non
     return data
 
 
+TEXT_FIXTURES = {
+    "wppconnect": "onmessage_text",
+    "evolution": "v2_messages_upsert_text",
+    "cloudapi": "inbound_text",
+}
+
+
+def text_body(gateway: str, instance: WhatsAppInstance, message_id: str) -> bytes:
+    """The gateway's text webhook (its fixture) for `instance`, as bytes, without Evolution's body secret."""
+    data = with_message_id(gateway, fixture_for(gateway, TEXT_FIXTURES[gateway], instance), message_id)
+    data.pop("apikey", None)  # Evolution's body secret: only where a case puts it
+    return json.dumps(data).encode()
+
+
 def evolution_body(instance: str, message_id: str, chat: str, text: str) -> bytes:
     """An Evolution `messages.upsert` text webhook built without a fixture read (benches build thousands)."""
     return json.dumps(

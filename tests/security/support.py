@@ -179,6 +179,9 @@ async def org_rows(engine: AsyncEngine, org_id: UUID) -> dict[str, Any]:
     }
 
 
+NOTHING = {"messages": 0, "conversations": 0, "contacts": 0, "media": 0}  # row_counts of an untouched org
+
+
 async def row_counts(engine: AsyncEngine, org_id: UUID) -> dict[str, int]:
     async with async_sessionmaker(engine)() as s:
         counts = {}

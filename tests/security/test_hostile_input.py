@@ -27,11 +27,13 @@ from app.config import Settings
 from app.db.models import Contact, GatewayKind, Message, Organization, WhatsAppInstance
 from app.domain.conversations.controllers import SEQ_MAX
 from app.domain.gateways.instances import IncompleteInstance, InstanceService
+from tests.kit.api import from_address
 from tests.kit.clients import WsClient
-from tests.kit.data import fixture_for, signed_headers, with_message_id
+from tests.kit.data import TEXT_FIXTURES, fixture_for, signed_headers, with_message_id
 from tests.kit.factories import PASSWORD, create_tenant
 from tests.kit.processes import ApiProcess
 from tests.security.support import (
+    NOTHING,
     WEBHOOK_AUTH_LIMIT,
     Client,
     bearer,
@@ -42,11 +44,8 @@ from tests.security.support import (
     seed_org,
     valid_token,
 )
-from tests.security.test_webhook_entry import from_address
 
 GATEWAYS = ["wppconnect", "evolution", "cloudapi"]
-TEXT = {"wppconnect": "onmessage_text", "evolution": "v2_messages_upsert_text", "cloudapi": "inbound_text"}
-NOTHING = {"messages": 0, "conversations": 0, "contacts": 0, "media": 0}
 # Percent-encoded as they arrive in a request line; each decodes to a name no instance can have.
 BAD_NAMES = ["x%00", "%00", "a%0Ab", "x%7F", "x%C2%85", "n" * 101]
 # Past the ~1,000 the interpreter allows and up to what the 1 MiB body limit lets through.
@@ -87,7 +86,7 @@ async def test_an_instance_name_with_nul_is_an_unknown_instance_and_counts_as_a_
     answers: list[int] = []
     async with from_address(ADDRESS) as http:
         for gateway in GATEWAYS:
-            body = json.dumps(fixture_for(gateway, TEXT[gateway], tenant.instance(gateway))).encode()
+            body = json.dumps(fixture_for(gateway, TEXT_FIXTURES[gateway], tenant.instance(gateway))).encode()
             response = await http.post(
                 f"{process.base_url}/api/webhooks/{gateway}/x%00",
                 content=body,
@@ -114,7 +113,7 @@ async def test_an_instance_name_no_instance_can_have_is_404(
 ):
     """Every gateway, the POST and the GET handshake, NUL and other control characters, too long."""
     tenant = await create_tenant(session)
-    body = json.dumps(fixture_for(gateway, TEXT[gateway], tenant.instance(gateway))).encode()
+    body = json.dumps(fixture_for(gateway, TEXT_FIXTURES[gateway], tenant.instance(gateway))).encode()
     for name in BAD_NAMES:
         url = f"/api/webhooks/{gateway}/{name}"
         response = await client.post(url, content=body, headers={"content-type": "application/json"})
@@ -227,7 +226,7 @@ HALF_EMOJI = "\ud83d"  # the high half of 😀 (U+1F600), as a client that cut t
 def surrogate_bearing(gateway: str, instance: WhatsAppInstance, message_id: str) -> dict[str, Any]:
     """A text message whose text, sender name and an ignored key each end in half an emoji."""
     data = with_message_id(
-        gateway, fixture_for(gateway, TEXT[gateway], instance), message_id, text=f"Olá {HALF_EMOJI}"
+        gateway, fixture_for(gateway, TEXT_FIXTURES[gateway], instance), message_id, text=f"Olá {HALF_EMOJI}"
     )
     if gateway == "wppconnect":
         data["notifyName"] = data["sender"]["pushname"] = f"Maria {HALF_EMOJI}"
@@ -283,7 +282,9 @@ async def test_escaped_backslashes_before_a_u_are_text_not_an_escape(client: Cli
     instance = tenant.instance("wppconnect")
     message_id = f"backslash-{secrets.token_hex(6)}"
     text = "path C:\\ud83d and \\\\ufffd and 😀"
-    data = with_message_id("wppconnect", fixture_for("wppconnect", TEXT["wppconnect"], instance), message_id)
+    data = with_message_id(
+        "wppconnect", fixture_for("wppconnect", TEXT_FIXTURES["wppconnect"], instance), message_id
+    )
     data["body"] = text
     data["junk"] = HALF_EMOJI  # so the replacement runs over this body
     body = json.dumps(data).encode()

@@ -24,12 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.db.models import WhatsAppInstance
-from tests.kit.data import env_for, signed_headers
+from tests.kit.data import env_for, signed_headers, text_body
 from tests.kit.databases import plain_dsn
 from tests.kit.factories import create_tenant
 from tests.kit.processes import api_processes
 from tests.security.support import row_counts
-from tests.security.test_webhook_entry import text_body
 
 LOGIN_LIMIT = 10
 

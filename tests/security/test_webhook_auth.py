@@ -20,13 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.db.models import GatewayKind, WhatsAppInstance
 from tests.kit.data import fixture_for, signed_headers, with_message_id
 from tests.kit.factories import InstanceFactory, Tenant, create_tenant
-from tests.security.support import row_counts
+from tests.security.support import NOTHING, row_counts
 
 Client = AsyncTestClient[Litestar]
 GATEWAYS = ["wppconnect", "evolution", "cloudapi"]
 SHARED_SECRET_GATEWAYS = ["wppconnect", "evolution"]
 TEXT = {"wppconnect": "onmessage_text", "evolution": "v2_messages_upsert_text", "cloudapi": "inbound_text"}
-NOTHING = {"messages": 0, "conversations": 0, "contacts": 0, "media": 0}
 
 
 def text_body(

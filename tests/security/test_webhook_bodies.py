@@ -29,12 +29,13 @@ from app.config import Settings
 from app.db.models import Media, Message, WhatsAppInstance
 from app.domain.conversations.storable import MAX_TEXT_CHARS, TRUNCATION_MARKER
 from app.domain.ingest.bodies import UNVERIFIED_READ_WAIT_S
-from tests.kit.data import env_for, fixture_for, signed_headers, with_message_id
+from tests.kit.api import from_address
+from tests.kit.asgi_delivery import CHUNK, deliver, live_app
+from tests.kit.data import TEXT_FIXTURES, env_for, fixture_for, signed_headers, text_body, with_message_id
 from tests.kit.factories import create_tenant
 from tests.kit.measure import MiB, RssSampler, cpu_seconds, rss_bytes
 from tests.kit.processes import ApiProcess, api_processes
 from tests.security.support import row_counts
-from tests.security.test_webhook_entry import CHUNK, TEXT, deliver, from_address, live_app, text_body
 
 HOSTILE_BODY_BYTES = 23 * MiB  # just under WEBHOOK_MAX_BODY_BYTES (24 MiB), as in the issue
 HOSTILE_PER_GATEWAY = 20
@@ -306,7 +307,9 @@ async def test_an_inbound_text_over_65536_characters_is_stored_capped_and_kept_w
     tenant = await create_tenant(session)
     instance = tenant.instance(gateway)
     text = "é" + secrets.token_hex(40_000)  # 80,001 characters, > WhatsApp's 65,536
-    data = with_message_id(gateway, fixture_for(gateway, TEXT[gateway], instance), "LONGTEXT1", text=text)
+    data = with_message_id(
+        gateway, fixture_for(gateway, TEXT_FIXTURES[gateway], instance), "LONGTEXT1", text=text
+    )
     body = json.dumps(data).encode()
     async with from_address("127.0.0.23") as http:
         response = await http.post(

@@ -8,16 +8,9 @@ each from a loopback address of its own (127.0.0.x), so they neither see nor dis
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
-import httpx
 import pytest
-from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -27,36 +20,12 @@ from app.db.models import WhatsAppInstance
 from app.domain.gateways.base import WebhookUnauthorized
 from app.domain.ingest.throttle import WebhookAuthThrottle
 from app.lib.throttle_calls import ThrottleCalls
-from app.server.core import create_app
-from tests.kit.data import fixture_for, signed_headers, with_message_id
+from tests.kit.api import assert_throttled, from_address
+from tests.kit.asgi_delivery import deliver, live_app
+from tests.kit.data import TEXT_FIXTURES, signed_headers, text_body
 from tests.kit.factories import create_tenant
 from tests.kit.processes import ApiProcess
-from tests.security.support import WEBHOOK_AUTH_LIMIT, row_counts
-
-NOTHING = {"messages": 0, "conversations": 0, "contacts": 0, "media": 0}
-TEXT = {"wppconnect": "onmessage_text", "evolution": "v2_messages_upsert_text", "cloudapi": "inbound_text"}
-
-
-def text_body(gateway: str, instance: WhatsAppInstance, message_id: str) -> bytes:
-    data = with_message_id(gateway, fixture_for(gateway, TEXT[gateway], instance), message_id)
-    data.pop("apikey", None)  # Evolution's body secret: only where a case puts it
-    return json.dumps(data).encode()
-
-
-@asynccontextmanager
-async def from_address(address: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client whose connections leave from `address` (any 127.0.0.x reaches the loopback servers)."""
-    transport = httpx.AsyncHTTPTransport(local_address=address)
-    async with httpx.AsyncClient(transport=transport, timeout=10.0, trust_env=False) as client:
-        yield client
-
-
-def assert_throttled(response: httpx.Response) -> None:
-    assert response.status_code == 429, (response.status_code, response.text[:300])
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert response.json()["status"] == 429
-    assert 0 < int(response.headers["retry-after"]) <= 60
-
+from tests.security.support import NOTHING, WEBHOOK_AUTH_LIMIT, row_counts
 
 # --- the throttle ------------------------------------------------------------------------------------------
 
@@ -154,86 +123,6 @@ async def test_with_redis_down_the_throttle_lets_everything_through(unused_tcp_p
 
 # --- verification before the body --------------------------------------------------------------------------
 
-CHUNK = 64 * 1024
-
-
-@dataclass
-class Delivery:
-    status: int
-    answer: dict[str, Any]
-    chunks_read: int  # body chunks the app asked for
-    chunks_total: int
-    connections_while_reading: int | None  # database connections checked out when the body was first read
-
-
-async def deliver(
-    app: Litestar,
-    path: str,
-    headers: dict[str, str],
-    body: bytes,
-    query: str = "",
-    *,
-    announce_length: bool = True,
-) -> Delivery:
-    """One POST straight into the ASGI app, its body handed over a chunk at a time only when asked for
-    (without `announce_length`, as a chunked upload: no Content-Length)."""
-    chunks = [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)] or [b""]
-    read = 0
-    connections: list[int] = []
-    pool = app.plugins.get(SQLAlchemyPlugin).config[0].get_engine().pool
-
-    async def receive() -> dict[str, Any]:
-        nonlocal read
-        if read >= len(chunks):
-            return {"type": "http.disconnect"}
-        if read == 0:
-            connections.append(pool.checkedout())
-        read += 1
-        return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
-
-    started: dict[str, Any] = {}
-    parts: list[bytes] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            started.update(message)
-        elif message["type"] == "http.response.body":
-            parts.append(message.get("body", b""))
-
-    raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    raw_headers.append((b"host", b"test"))
-    if announce_length:
-        raw_headers.append((b"content-length", str(len(body)).encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": query.encode(),
-        "headers": raw_headers,
-        "client": ("192.0.2.50", 40000),
-        "server": ("test", 80),
-    }
-    await app(scope, receive, send)  # type: ignore[arg-type]
-    answer = json.loads(b"".join(parts) or b"{}")
-    return Delivery(started["status"], answer, read, len(chunks), connections[0] if connections else None)
-
-
-@asynccontextmanager
-async def live_app(settings: Settings) -> AsyncIterator[Litestar]:
-    """The app with its lifespan run in the caller's task (a fixture's teardown runs in another one)."""
-    # No catch-up queries in the background: the pool's count must be the request's alone.
-    quiet = dataclasses.replace(
-        settings, realtime=dataclasses.replace(settings.realtime, catch_up_interval_s=3600)
-    )
-    app = create_app(quiet)
-    async with app.lifespan():
-        yield app
-
 
 def padded(gateway: str, instance: WhatsAppInstance, message_id: str, size: int) -> bytes:
     """A real webhook of about `size` bytes (whitespace after the JSON is still the same JSON); Evolution's
@@ -277,7 +166,7 @@ async def forgeries_are_refused_unread_and_real_deliveries_read(
         (f"/api/webhooks/nosuchgateway/{wpp.name}", signed_headers("wppconnect", b"", wpp), "", 404),
     ]
     for i, (path, headers, query, status) in enumerate(refused):
-        gateway = path.split("/")[3] if path.split("/")[3] in TEXT else "wppconnect"
+        gateway = path.split("/")[3] if path.split("/")[3] in TEXT_FIXTURES else "wppconnect"
         body = padded(gateway, tenant.instance(gateway), f"FORGED{i}", size)
         delivery = await deliver(app, path, headers, body, query)
         assert delivery.status == status, (path, headers, query, delivery.answer)

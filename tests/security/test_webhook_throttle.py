@@ -13,11 +13,11 @@ from collections import Counter
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from tests.kit.data import signed_headers
+from tests.kit.api import assert_throttled, from_address
+from tests.kit.data import signed_headers, text_body
 from tests.kit.factories import create_tenant
 from tests.kit.processes import ApiProcess
-from tests.security.support import WEBHOOK_AUTH_LIMIT, row_counts
-from tests.security.test_webhook_entry import NOTHING, assert_throttled, from_address, text_body
+from tests.security.support import NOTHING, WEBHOOK_AUTH_LIMIT, row_counts
 
 CONCURRENT_GUESSES = 200
 
