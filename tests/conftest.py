@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arq import ArqRedis, create_pool
-from arq.connections import RedisSettings as ArqRedisSettings
+from arq import ArqRedis
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
@@ -28,7 +27,8 @@ from app.config import (
     Settings,
 )
 from app.lib.embedded import dev_services
-from app.lib.jobs import deserialize_job, media_queue_name, serialize_job
+from app.lib.jobs import media_queue_name
+from tests.kit.api import open_jobs
 from tests.kit.data import env_for, make_settings
 from tests.kit.databases import scratch_database
 from tests.kit.processes import ApiProcess, api_processes
@@ -137,11 +137,6 @@ def api_pair(settings: Settings) -> Iterator[list[ApiProcess]]:
 @pytest.fixture
 async def arq_pool(settings: Settings) -> AsyncIterator[ArqRedis]:
     """An arq pool on the media queue, as the API and the media worker open it (same serializer)."""
-    pool = await create_pool(
-        ArqRedisSettings.from_dsn(settings.redis.url),
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        default_queue_name=media_queue_name(settings.redis.key_prefix),
-    )
+    pool = await open_jobs(settings.redis.url, media_queue_name(settings.redis.key_prefix))
     yield pool
     await pool.aclose()

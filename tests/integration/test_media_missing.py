@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Media, MediaState
 from app.workers.media import process_media
-from tests.kit.api import login_token
-from tests.kit.data import image_webhook, jpeg, signed_headers
+from tests.kit.api import login_token, post_signed
+from tests.kit.data import image_webhook, jpeg
 from tests.kit.factories import PASSWORD, create_tenant
 from tests.kit.media import stored_files
 from tests.kit.processes import ApiProcess
@@ -36,13 +36,9 @@ async def test_a_ready_media_whose_file_was_removed_answers_its_own_500_not_a_da
     # Bytes of this test's own: the run's storage is shared, and this test deletes what it stored.
     image = jpeg(331, 217, color=tuple(secrets.token_bytes(3)))  # type: ignore[arg-type]
     body = json.dumps(image_webhook(instance, f"3EB0GONE{secrets.token_hex(4)}", image)).encode()
+    posted = await post_signed(api.base_url, GATEWAY, instance, body)
+    assert posted.status_code == 200, posted.text
     async with httpx.AsyncClient(base_url=api.base_url, trust_env=False) as http:
-        posted = await http.post(
-            f"/api/webhooks/{GATEWAY}/{instance.name}",
-            content=body,
-            headers=signed_headers(GATEWAY, body, instance),
-        )
-        assert posted.status_code == 200, posted.text
         media = await session.scalar(select(Media).where(Media.org_id == tenant.org_id))
         assert media is not None
         media_id = media.id

@@ -25,8 +25,7 @@ import asyncpg
 import httpx
 import pytest
 from alembic.script import ScriptDirectory
-from arq import ArqRedis, create_pool
-from arq.connections import RedisSettings as ArqRedisSettings
+from arq import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -34,9 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.config import Settings
 from app.db.models import Media, MediaState, Message, MessageStatus
 from app.domain.conversations.cache import CacheKeys
-from app.lib.jobs import deserialize_job, queue_name, serialize_job
+from app.lib.jobs import queue_name
 from tests.fake_gateway import FakeGateway, ok
-from tests.kit.api import eventually, login_token, post_text
+from tests.kit.api import eventually, login_token, open_jobs, post_text
 from tests.kit.data import env_for, image_webhook, jpeg, signed_headers
 from tests.kit.databases import ROOT, alembic_config, plain_dsn, scratch_database
 from tests.kit.factories import PASSWORD
@@ -125,12 +124,7 @@ def test_cli_runs_through_pgbouncer_and_names_a_real_conflict(pooled: Settings) 
 
 @pytest.fixture
 async def jobs(pooled: Settings) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(
-        ArqRedisSettings.from_dsn(pooled.redis.url),
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        default_queue_name=queue_name(pooled.redis.key_prefix),
-    )
+    pool = await open_jobs(pooled.redis.url, queue_name(pooled.redis.key_prefix))
     yield pool
     keys = [key async for key in pool.scan_iter(match=f"{pooled.redis.key_prefix}:*")]
     if keys:

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 import httpx
+from arq import ArqRedis, create_pool
+from arq.connections import RedisSettings as ArqRedisSettings
 
 from app.db.models import WhatsAppInstance
+from app.lib.jobs import deserialize_job, serialize_job
 from tests.kit.clients import WsClient
 from tests.kit.data import fixture_for, signed_headers, with_message_id
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
@@ -73,6 +76,16 @@ def assert_throttled(response: httpx.Response) -> None:
     assert 0 < int(response.headers["retry-after"]) <= 60
 
 
+async def post_signed(base_url: str, gateway: str, instance: WhatsAppInstance, body: bytes) -> httpx.Response:
+    """A webhook body posted to a real API process as its gateway signs it (header secret or signature)."""
+    async with httpx.AsyncClient(base_url=base_url, trust_env=False) as client:
+        return await client.post(
+            f"/api/webhooks/{gateway}/{instance.name}",
+            content=body,
+            headers=signed_headers(gateway, body, instance),
+        )
+
+
 async def post_text(
     process: ApiProcess, instance: WhatsAppInstance, message_id: str, text: str, chat: str = ""
 ) -> None:
@@ -83,13 +96,7 @@ async def post_text(
     )
     if chat:
         data["data"]["key"]["remoteJid"] = f"{chat}@s.whatsapp.net"
-    body = json.dumps(data).encode()
-    async with httpx.AsyncClient(base_url=process.base_url, trust_env=False) as client:
-        response = await client.post(
-            f"/api/webhooks/{gateway}/{instance.name}",
-            content=body,
-            headers=signed_headers(gateway, body, instance),
-        )
+    response = await post_signed(process.base_url, gateway, instance, json.dumps(data).encode())
     assert response.status_code == 200, response.text
 
 
@@ -136,3 +143,13 @@ async def tenant_with_conversation(session: AsyncSession, process: ApiProcess) -
     await post_text(process, tenant.instance(TEXT_GATEWAY), "SEED-1", "first")
     token = await login_token(process.base_url, tenant.agent.email, PASSWORD)
     return tenant, token, await first_conversation(process, token)
+
+
+async def open_jobs(redis_url: str, queue: str) -> ArqRedis:
+    """An arq pool on `queue` as the API and the workers open it (the project's job serializer)."""
+    return await create_pool(
+        ArqRedisSettings.from_dsn(redis_url),
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        default_queue_name=queue,
+    )

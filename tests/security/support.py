@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select, update
@@ -28,8 +27,9 @@ from app.db.models import Contact, Conversation, Media, MediaState, Message, Wha
 from app.domain.conversations.ingest import IngestService
 from app.domain.media.storage import MediaStorage, original_key, thumbnail_key
 from app.server.fastpath import CachedPageFastPath
+from tests.kit.api import post_signed
 from tests.kit.clients import WsClient
-from tests.kit.data import fixture_for, image_message, signed_headers, text_message, with_message_id
+from tests.kit.data import fixture_for, image_message, text_message, with_message_id
 from tests.kit.factories import PASSWORD, Tenant, create_tenant
 
 Client = AsyncTestClient[Litestar]
@@ -369,13 +369,7 @@ async def post_evolution_text(process: Any, org: Org, message_id: str, text: str
         "evolution", fixture_for("evolution", "v2_messages_upsert_text", instance), message_id, text=text
     )
     data["data"]["key"]["remoteJid"] = f"{org.chat}@s.whatsapp.net"
-    body = json.dumps(data).encode()
-    async with httpx.AsyncClient(base_url=process.base_url, trust_env=False) as http:
-        response = await http.post(
-            f"/api/webhooks/evolution/{instance.name}",
-            content=body,
-            headers=signed_headers("evolution", body, instance),
-        )
+    response = await post_signed(process.base_url, "evolution", instance, json.dumps(data).encode())
     assert response.status_code == 200 and response.json()["created"] == 1, response.text
 
 
