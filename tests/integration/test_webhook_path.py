@@ -53,7 +53,8 @@ async def _both(client: Client, path: WebhookPath, url: str, make: Any) -> tuple
         path.enabled = enabled
         served = path.served
         body, headers = make(n)
-        answers.append(await client.post(url, content=body, headers={**headers, "x-request-id": f"req-{n}"}))
+        pairs = list(headers.items()) if isinstance(headers, dict) else list(headers)  # a list: repeats
+        answers.append(await client.post(url, content=body, headers=[*pairs, ("x-request-id", f"req-{n}")]))
         assert path.served == served + (1 if enabled else 0)
     path.enabled = True
     lean, litestar = answers
@@ -88,6 +89,17 @@ async def test_the_lean_path_answers_as_litestar_does(
     ok, _ = await _both(client, path, url, lambda n: message(f"LEAN-NEW-{n}"))
     assert ok.json() == {"status": "ok", "created": 0, "duplicates": 1, "statuses": 0, "ignored": 0}
 
+    # The head as the lean path reads it from the bare scope: a repeated header is read as Litestar reads
+    # it (the first), the secret may come as a plain ?token= (and its spelling is judged the same).
+    def repeated(n: int) -> tuple[bytes, list[tuple[str, str]]]:
+        body, headers = message(f"LEAN-REPEAT-{n}")
+        return body, [*headers.items(), ("x-webhook-secret", "a-second-and-wrong-secret")]
+
+    lean_answer, litestar_answer = await _both(client, path, url, repeated)
+    _same(lean_answer, litestar_answer, litestar_answer.status_code)  # 401: two failures of the budget
+    token_url = f"{url}?token={evolution.webhook_secret}&other=1&other=2"
+    _same(*await _both(client, path, token_url, lambda n: (message(f"LEAN-TOKEN-{n}")[0], {})), 200)
+
     good_body, good_headers = message("LEAN-X")
     shapeless = json.dumps({"event": "messages.upsert", "instance": evolution.name, "data": 7}).encode()
     foreign = json.dumps({**json.loads(good_body), "instance": "someone-else"}).encode()
@@ -108,7 +120,7 @@ async def test_the_lean_path_answers_as_litestar_does(
     for target, make, status in refusals:
         lean_answer, litestar_answer = await _both(client, path, target, make)
         _same(lean_answer, litestar_answer, status)
-    # Two failures so far, three more spend the pair's budget: both paths refuse even the right secret.
+    # Four failures so far, three more spend the pair's budget: both paths refuse even the right secret.
     for _ in range(3):
         await client.post(url, content=good_body, headers={"x-webhook-secret": "wrong"})
     lean_answer, litestar_answer = await _both(client, path, url, lambda n: (good_body, good_headers))

@@ -24,13 +24,13 @@ Evolution's in-body `apikey` is in it, so both must be read before they can be r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 import structlog
-from litestar import Request
 from litestar.exceptions import InternalServerException
 from litestar.plugins.problem_details import ProblemDetailsException
 
@@ -48,6 +48,17 @@ RETRY_AFTER_S = 2
 Verify = Callable[[bytearray], None]
 # What the webhook service is handed: read this request's body for that gateway, verifying it first if asked.
 ReadBody = Callable[[GatewayKind, Verify | None], Awaitable[bytes]]
+
+
+class BodySource(Protocol):
+    """What reading a body needs of a request: Litestar's Request, or the lean path's view of the bare
+    ASGI scope (app.server.webhook_path.ScopeBody). A client gone before the body ended raises Litestar's
+    InternalServerException, as Request.stream does."""
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    def stream(self) -> AsyncIterator[bytes]: ...
 
 
 def too_large(limit: int) -> ProblemDetailsException:
@@ -124,7 +135,7 @@ def _freed_on_error(buffer: bytearray) -> Iterator[None]:
         raise
 
 
-async def _read(request: Request, limit: int, announced: int | None) -> bytearray:
+async def _read(request: BodySource, limit: int, announced: int | None) -> bytearray:
     """The body, streamed into one buffer (of the announced size, when there is one), at most `limit`."""
     buffer = bytearray(announced or 0)  # zero pages: memory becomes resident only as the body arrives
     filled = 0
@@ -173,10 +184,10 @@ class WebhookBodies:
     def largest_limit(self) -> int:
         return max(self.limits.values())
 
-    def reader(self, request: Request) -> ReadBody:
+    def reader(self, request: BodySource) -> ReadBody:
         return partial(self.read, request)
 
-    async def read(self, request: Request, gateway: GatewayKind, verify: Verify | None) -> bytes:
+    async def read(self, request: BodySource, gateway: GatewayKind, verify: Verify | None) -> bytes:
         """The request's body, at most the gateway's limit. With `verify` (the request is not verified by
         its headers), read under a share of the unverified budget and judged before anything else sees it."""
         limit = self.limits[gateway]

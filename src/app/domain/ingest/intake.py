@@ -20,7 +20,7 @@ from app.domain.gateways.base import WebhookHead
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.gateways.webhook_helpers import webhook_query
 from app.domain.ingest.batcher import IngestBatcher
-from app.domain.ingest.bodies import WebhookBodies
+from app.domain.ingest.bodies import BodySource, WebhookBodies
 from app.domain.ingest.recent_instances import RecentInstances
 from app.domain.ingest.service import WebhookService
 from app.domain.ingest.throttle import WebhookAuthThrottle
@@ -38,12 +38,20 @@ class WebhookIntake:
     sessions: Callable[[], AsyncSession]  # only for an instance not in `recent`
 
     async def receive(self, request: Request[Any, Any, Any], gateway: str, instance: str) -> WebhookAck:
+        """The Litestar route's call: its Request is the head and the body."""
+        query = webhook_query(request.query_params, request.scope["query_string"])
+        head = WebhookHead(headers=request.headers, query=query)
+        return await self.receive_parts(client_address(request), head, request, gateway, instance)
+
+    async def receive_parts(
+        self, client: str, head: WebhookHead, body: BodySource, gateway: str, instance: str
+    ) -> WebhookAck:
+        """The lean path's call (app.server.webhook_path): the same use case from a view of the bare scope,
+        without building Litestar's Request and Headers for every webhook."""
         # No body parameter: the service reads it (ingest.bodies) only once the headers let it.
-        async with self.throttle.judging(client_address(request), gateway, instance):
-            query = webhook_query(request.query_params, request.scope["query_string"])
-            head = WebhookHead(headers=request.headers, query=query)
+        async with self.throttle.judging(client, gateway, instance):
             service = WebhookService(None, self.batcher, self.recent, sessions=self.sessions)
-            result = await service.receive(gateway, instance, head, self.bodies.reader(request))
+            result = await service.receive(gateway, instance, head, self.bodies.reader(body))
         return WebhookAck(
             status="ok",
             created=len(result.created),
