@@ -246,7 +246,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "media_storage": Provide(lambda: media_storage, use_cache=True, sync_to_thread=False),
             "hub": Provide(lambda: hub, use_cache=True, sync_to_thread=False),
             "verified_tokens": Provide(lambda: verified_tokens, use_cache=True, sync_to_thread=False),
-            "recent_instances": Provide(lambda: recent_instances, use_cache=True, sync_to_thread=False),
             "webhook_bodies": Provide(lambda: webhook_bodies, use_cache=True, sync_to_thread=False),
             "webhook_intake": Provide(lambda: webhook_intake, use_cache=True, sync_to_thread=False),
             "snapshots": Provide(lambda: snapshots, use_cache=True, sync_to_thread=False),

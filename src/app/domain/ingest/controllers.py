@@ -8,10 +8,8 @@ from app.domain.gateways.cloudapi.webhook import verify_subscription
 from app.domain.gateways.instances import credentials_of
 from app.domain.gateways.schemas import WebhookAck
 from app.domain.ingest.intake import WebhookIntake
-from app.domain.ingest.recent_instances import RecentInstances
 from app.domain.ingest.service import WebhookService
 from app.domain.ingest.throttle import webhook_throttle_of
-from app.lib.deps import DbSession
 from app.lib.errors import problem
 from app.lib.openapi import problems
 from app.lib.throttle import client_address
@@ -65,12 +63,12 @@ class WebhookController(Controller):
         request: Request,
         gateway: FromPath[str],
         instance: FromPath[str],
-        db_session: DbSession,
-        recent_instances: NamedDependency[RecentInstances],
+        webhook_intake: NamedDependency[WebhookIntake],
     ) -> str:
         # Same path as the POST (a static "cloudapi" segment would shadow it); only Cloud API has a handshake.
         if gateway != "cloudapi":
             raise problem(404, f"no GET handshake for gateway '{gateway}'")
         async with webhook_throttle_of(request).judging(client_address(request), gateway, instance):
-            found = await WebhookService(db_session, recent=recent_instances).find_instance(gateway, instance)
+            lookup = WebhookService(webhook_intake.sessions, webhook_intake.recent)
+            found = await lookup.find_instance(gateway, instance)
             return verify_subscription(dict(request.query_params), credentials_of(found))

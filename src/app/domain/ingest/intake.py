@@ -50,7 +50,7 @@ class WebhookIntake:
         without building Litestar's Request and Headers for every webhook."""
         # No body parameter: the service reads it (ingest.bodies) only once the headers let it.
         async with self.throttle.judging(client, gateway, instance):
-            service = WebhookService(None, self.batcher, self.recent, sessions=self.sessions)
+            service = WebhookService(self.sessions, self.recent, self.batcher)
             result = await service.receive(gateway, instance, head, self.bodies.reader(body))
         return WebhookAck(
             status="ok",

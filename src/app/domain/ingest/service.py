@@ -72,18 +72,14 @@ def _reject_foreign_accounts(instance: ReceivingInstance, events: list[GatewayEv
 class WebhookService:
     def __init__(
         self,
-        session: AsyncSession | None,
+        sessions: Callable[[], AsyncSession],
+        recent: RecentInstances,
         batcher: IngestBatcher | None = None,
-        recent: RecentInstances | None = None,
-        *,
-        sessions: Callable[[], AsyncSession] | None = None,
     ) -> None:
-        # A session of the caller's, or a maker to open one only when the instance must be looked up.
-        assert session is not None or sessions is not None
-        self.session = session
+        # A session is opened only when the instance must be looked up (not in `recent`).
         self.sessions = sessions
         self._batcher = batcher
-        self.recent = recent or RecentInstances(ttl_s=0)
+        self.recent = recent
 
     @property
     def batcher(self) -> IngestBatcher:
@@ -100,26 +96,16 @@ class WebhookService:
         instance = self.recent.get(kind, instance_name)
         if instance is not None:
             return instance
-        if self.session is not None:  # the caller's session: not shared with other requests' lookups
-            instance = await self._look_up(kind, instance_name)
-            if instance is not None:
-                self.recent.put(instance)
-        else:
-            instance = await self.recent.look_up_once(
-                kind, instance_name, lambda: self._look_up(kind, instance_name)
-            )
+        instance = await self.recent.look_up_once(
+            kind, instance_name, lambda: self._look_up(kind, instance_name)
+        )
         if instance is None:
             raise WebhookTargetUnknown(f"unknown {gateway} instance '{instance_name}'")
         return instance
 
     async def _look_up(self, kind: GatewayKind, instance_name: str) -> ReceivingInstance | None:
-        # The lookup's transaction ends here: its connection goes back to the pool instead of waiting on
-        # an upload (a slow body must not hold a database connection).
-        if self.session is not None:
-            found = await find_receiving_instance(self.session, kind, instance_name)
-            await self.session.rollback()
-            return found
-        assert self.sessions is not None
+        # The lookup's session ends here: its connection goes back to the pool instead of waiting on an
+        # upload (a slow body must not hold a database connection).
         async with self.sessions() as session:
             return await find_receiving_instance(session, kind, instance_name)
 
