@@ -372,9 +372,7 @@ async def test_a_staged_invalidation_also_refuses_the_store(
     before = Loader(b"stale inbox", gated=True)
     loading = asyncio.create_task(reader.get_or_load(inbox, "-:-:0:50", before))
     await before.started.wait()
-    async with redis.pipeline(transaction=False) as pipe:
-        PageCache(redis, keys, settings.cache).stage_invalidation(pipe, {inbox, scope})
-        await pipe.execute()
+    await PageCache(redis, keys, settings.cache).send_bumps({inbox, scope})
     before.release.set()
     await loading
     assert reader.stats.redis.refused == 1

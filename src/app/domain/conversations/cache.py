@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from app.config import CacheSettings
@@ -43,6 +43,19 @@ _REDIS_BACKOFF_S = 1.0  # after a failure, skip L2 this long instead of paying t
 _UNBUMPED_LIMIT = 100_000
 
 # KEYS: version, page. ARGV: version seen before loading, tagged page, page TTL, version TTL.
+# KEYS: version keys. ARGV: their ttl, the invalidation channel and message, then channel/payload pairs to
+# PUBLISH after. As a pipeline of plain commands it was 2 per scope + 1 — ~18 for a batch of 7 webhooks,
+# each packed and its answer parsed by redis-py: ~10% of a webhook's CPU in the API (issue 13). A script
+# also runs whole or (NOSCRIPT, then loaded and sent again by redis-py) not at all: nothing twice.
+_BUMP_AND_PUBLISH = """
+for i = 1, #KEYS do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+if #KEYS > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+for i = 4, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return #KEYS
+"""
 _STORE_IF_CURRENT = """
 local current = redis.call('GET', KEYS[1]) or '0'
 if current ~= ARGV[1] then return 0 end
@@ -94,15 +107,6 @@ def version_ttl_s(settings: CacheSettings) -> int:
     return settings.redis_ttl_s * 2
 
 
-@dataclass(frozen=True, slots=True)
-class Bumps:
-    scopes: list[str]  # version keys to INCR, each then given `ttl_s`
-    ttl_s: int
-    channel: str  # the invalidation channel, and the message naming the scopes
-    message: str
-    carried: dict[str, int]  # earlier failures' bumps among `scopes`
-
-
 @dataclass(slots=True)
 class RedisLayerStats:
     hits: int = 0
@@ -135,6 +139,7 @@ class PageCache:
         self.stats = CacheStats(memory=self.memory.stats)
         self._redis = redis
         self._store = redis.register_script(_STORE_IF_CURRENT)
+        self._bump = redis.register_script(_BUMP_AND_PUBLISH)
         self._clock = clock
         self._memory_live = False
         self._redis_skip_until = 0.0
@@ -168,25 +173,23 @@ class PageCache:
         self.memory.invalidate(scopes)
         self._drop_flights(scopes.__contains__)
 
-    def bumps(self, scopes: set[str]) -> Bumps:
-        """What makes these scopes stale in every process: their version bumps (with those an earlier
-        failure left) and the invalidation channel's message naming them. Pass `carried` to
-        invalidation_sent() or invalidation_failed() once Redis took them or not."""
+    async def send_bumps(self, scopes: set[str], publishes: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Make these scopes stale in every process — their version bumps, with those an earlier failure
+        left, and the invalidation message naming them — then PUBLISH each (channel, payload) of
+        `publishes`, all in one script: whole or not at all (issue 13; the realtime publisher hands its
+        envelopes here, so no frame leaves before its page is stale). Raises if Redis cannot take them,
+        and keeps them to send on the next call or resubscription."""
         carried = dict(self._unbumped)
         bumped = sorted(scopes | carried.keys())
-        return Bumps(
-            bumped, version_ttl_s(self.settings), self.invalidation_channel(), "\n".join(bumped), carried
-        )
-
-    def stage_invalidation(self, pipe: Pipeline, scopes: set[str]) -> dict[str, int]:
-        """`bumps` queued on `pipe` as plain commands (the publisher sends them in one script instead)."""
-        bumps = self.bumps(scopes)
-        for scope in bumps.scopes:
-            pipe.incr(scope)
-            pipe.expire(scope, bumps.ttl_s)
-        if bumps.scopes:
-            pipe.publish(bumps.channel, bumps.message)
-        return bumps.carried
+        args: list[Any] = [version_ttl_s(self.settings), self.invalidation_channel(), "\n".join(bumped)]
+        for channel, payload in publishes:
+            args += [channel, payload]
+        try:
+            await self._bump(keys=bumped, args=args)
+        except BaseException:
+            self.invalidation_failed(scopes)
+            raise
+        self.invalidation_sent(carried)
 
     def invalidation_sent(self, carried: dict[str, int]) -> None:
         for scope, failure in carried.items():
@@ -209,12 +212,10 @@ class PageCache:
             self._unbumped_overflow = False
         if not self._unbumped:
             return
+        waiting = len(self._unbumped)
         async with asyncio.timeout(_REDIS_TIMEOUT_S):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                carried = self.stage_invalidation(pipe, set())
-                await pipe.execute()
-        self.invalidation_sent(carried)
-        log.info("cache invalidations sent after redis returned", scopes=len(carried))
+            await self.send_bumps(set())
+        log.info("cache invalidations sent after redis returned", scopes=waiting)
 
     async def _delete_all_pages(self) -> None:
         async for key in self._redis.scan_iter(match=self.keys.page_pattern(), count=1000):
