@@ -71,10 +71,7 @@ class CoalescedCalls:
         scripts, self._scripts = self._scripts, []
         reads, self._reads = self._reads, []
         if self._calls.resting:  # Redis known down: fail open without a task
-            for *_, future in scripts:
-                _answer(future, None)
-            for _, future in reads:
-                _answer(future, None)
+            _fail_open(scripts, reads)
             return
         task = asyncio.ensure_future(self._send(scripts, reads))
         self._sending.add(task)
@@ -88,17 +85,16 @@ class CoalescedCalls:
             answers = await self._calls.run(lambda: self._execute(scripts, reads), self._name)
         finally:
             if answers is None:  # Redis could not answer (or this task was cancelled): fail open
-                for *_, future in scripts:
-                    _answer(future, None)
-                for _, future in reads:
-                    _answer(future, None)
+                _fail_open(scripts, reads)
         if answers is None:
             return
         if reads:
             values, answers = answers[0], answers[1:]
-            for i, (_, future) in enumerate(reads):
-                value = None if isinstance(values, Exception) else values[i]
-                _answer(future, None if isinstance(values, Exception) else int(value or 0))
+            if isinstance(values, Exception):  # the MGET refused: its reads fail open
+                _fail_open([], reads)
+            else:
+                for (_, future), value in zip(reads, values, strict=True):
+                    _answer(future, int(value or 0))
         unknown: list[_Call] = []
         for call, answer in zip(scripts, answers, strict=True):
             if isinstance(answer, NoScriptError):
@@ -118,6 +114,13 @@ class CoalescedCalls:
             for script, keys, args, _ in scripts:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             return await pipe.execute(raise_on_error=False)
+
+
+def _fail_open(scripts: list[_Call], reads: list[_Read]) -> None:
+    for *_, future in scripts:
+        _answer(future, None)
+    for _, future in reads:
+        _answer(future, None)
 
 
 def _answer(future: asyncio.Future[Any], value: Any) -> None:
