@@ -70,7 +70,14 @@ async def deliver(
     raw_headers.append((b"host", b"test"))
     if announce_length:
         raw_headers.append((b"content-length", str(len(body)).encode()))
-    scope = {
+    await app(post_scope(path, raw_headers, query.encode(), "192.0.2.50"), receive, send)  # type: ignore[arg-type]
+    answer = json.loads(b"".join(parts) or b"{}")
+    return Delivery(started["status"], answer, read, len(chunks), connections[0] if connections else None)
+
+
+def post_scope(path: str, headers: list[tuple[bytes, bytes]], query: bytes, client: str) -> dict[str, Any]:
+    """The ASGI scope of a POST as uvicorn builds it (for driving an app without a server)."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -79,14 +86,11 @@ async def deliver(
         "path": path,
         "raw_path": path.encode(),
         "root_path": "",
-        "query_string": query.encode(),
-        "headers": raw_headers,
-        "client": ("192.0.2.50", 40000),
+        "query_string": query,
+        "headers": headers,
+        "client": (client, 40000),
         "server": ("test", 80),
     }
-    await app(scope, receive, send)  # type: ignore[arg-type]
-    answer = json.loads(b"".join(parts) or b"{}")
-    return Delivery(started["status"], answer, read, len(chunks), connections[0] if connections else None)
 
 
 @asynccontextmanager

@@ -30,7 +30,7 @@ from app.db.models import Media, Message, WhatsAppInstance
 from app.domain.conversations.storable import MAX_TEXT_CHARS, TRUNCATION_MARKER
 from app.domain.ingest.bodies import UNVERIFIED_READ_WAIT_S
 from tests.kit.api import from_address
-from tests.kit.asgi_delivery import CHUNK, deliver, live_app
+from tests.kit.asgi_delivery import CHUNK, deliver, live_app, post_scope
 from tests.kit.data import TEXT_FIXTURES, env_for, fixture_for, signed_headers, text_body, with_message_id
 from tests.kit.factories import create_tenant
 from tests.kit.measure import MiB, RssSampler, cpu_seconds, rss_bytes
@@ -238,21 +238,7 @@ class StalledUpload:
 
         raw_headers = [(k.encode(), v.encode()) for k, v in self.headers.items()]
         raw_headers += [(b"host", b"test"), (b"content-length", str(len(self.body)).encode())]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": self.path,
-            "raw_path": self.path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": raw_headers,
-            "client": ("192.0.2.60", 40000),
-            "server": ("test", 80),
-        }
-        await self.app(scope, receive, send)
+        await self.app(post_scope(self.path, raw_headers, b"", "192.0.2.60"), receive, send)
 
 
 async def test_unverified_reads_beyond_the_budget_wait_briefly_then_get_503_while_verified_ones_pass(
